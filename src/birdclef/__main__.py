@@ -1,0 +1,3 @@
+from birdclef.cli import app
+
+app()

@@ -1,0 +1,218 @@
+"""The precompute stage: decode every recording once into the HDF5 store.
+
+Files are decoded in parallel (one process per core) and written in a fixed order, so the
+same inputs always give the same bytes. Work is planned as shards of ``files_per_shard``
+recordings; each finished shard carries a fingerprint of its inputs and settings, so an
+interrupted run resumes by skipping the shards that are already complete and unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from birdclef import layout
+from birdclef.audio import AudioError, Recording, decode
+from birdclef.params import Params
+from birdclef.progress import progress_bar
+from birdclef.store import (
+    INDEX_CSV,
+    ShardWriter,
+    collection_of,
+    read_shard_rows,
+    shard_fingerprint,
+    write_index,
+)
+
+FORMAT_VERSION = "1"
+SKIPPED_CSV = "skipped.csv"
+
+
+class PrecomputeError(RuntimeError):
+    """A recording could not be decoded and ``precompute.on_error`` is ``fail``."""
+
+
+@dataclass(frozen=True)
+class Source:
+    key: str
+    path: Path
+
+
+@dataclass
+class ShardPlan:
+    name: str
+    sources: list[Source]
+
+
+@dataclass
+class Summary:
+    recordings: int = 0
+    seconds: float = 0.0
+    shards_written: int = 0
+    shards_reused: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def find_sources(raw: Path, external: Path) -> list[Source]:
+    """Every audio file under the raw folders and ``external/audio``, in key order."""
+    roots = [(raw / folder, folder) for folder in layout.RAW_AUDIO_FOLDERS]
+    roots.append((external / layout.EXTERNAL_AUDIO, f"{layout.EXTERNAL_PREFIX}/{layout.EXTERNAL_AUDIO}"))
+    sources = []
+    for root, prefix in roots:
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            if path.is_file() and path.suffix.lower() in layout.AUDIO_SUFFIXES:
+                sources.append(Source(f"{prefix}/{path.relative_to(root).as_posix()}", path))
+    return sorted(sources, key=lambda source: source.key)
+
+
+def check_tables(raw: Path, external: Path) -> None:
+    """Fail before decoding if a label table is unusable (see ``tables``)."""
+    from birdclef.tables import read_taxonomy, read_train_table
+
+    vocabulary = read_taxonomy(raw / layout.TAXONOMY_CSV)
+    read_train_table(raw / layout.TRAIN_CSV, raw / layout.TRAIN_AUDIO, vocabulary)
+    optional = [
+        (raw / layout.EXTRA_CSV, raw / layout.EXTRA_AUDIO, vocabulary),
+        (raw / layout.PRETRAIN_CSV, raw / layout.PRETRAIN_AUDIO, None),
+        (external / layout.TRAIN_CSV, external / layout.EXTERNAL_AUDIO, vocabulary),
+    ]
+    for table, audio_root, labels in optional:
+        if table.is_file():
+            read_train_table(table, audio_root, labels)
+
+
+def plan_shards(sources: list[Source], files_per_shard: int) -> list[ShardPlan]:
+    """Group sources by collection, then cut each group into shards of fixed size."""
+    groups: dict[str, list[Source]] = {}
+    for source in sources:
+        groups.setdefault(collection_of(source.key), []).append(source)
+    plans = []
+    for collection, members in sorted(groups.items()):
+        for number, start in enumerate(range(0, len(members), files_per_shard)):
+            plans.append(ShardPlan(f"{collection}-{number:03d}.h5", members[start:start + files_per_shard]))
+    return plans
+
+
+def fingerprint(plan: ShardPlan, sample_rate: int, dtype: str, on_error: str) -> str:
+    """A hash of what a shard is made of: file names and bytes, and every setting."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{FORMAT_VERSION}|{sample_rate}|{dtype}|{on_error}".encode())
+    for source in plan.sources:
+        digest.update(source.key.encode())
+        with open(source.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _decode_or_reason(source: Source, sample_rate: int) -> Recording | str:
+    try:
+        return decode(source.path, sample_rate)
+    except AudioError as error:
+        return str(error)
+
+
+def precompute(raw: Path, external: Path, out: Path, params: Params, progress: bool = True) -> Summary:
+    """Decode everything under ``raw`` and ``external`` into shards in ``out``."""
+    raw, external, out = Path(raw), Path(external), Path(out)
+    check_tables(raw, external)
+    settings = params.precompute
+    sample_rate = params.audio.sample_rate
+    plans = plan_shards(find_sources(raw, external), settings.files_per_shard)
+    if not plans:
+        raise PrecomputeError(f"no audio found under {raw} or {external / layout.EXTERNAL_AUDIO}; "
+                              "run the download stage first (`dvc repro download`).")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary()
+    todo = []
+    for plan in plans:
+        expected = fingerprint(plan, sample_rate, settings.dtype, settings.on_error)
+        if shard_fingerprint(out / plan.name) == expected:
+            summary.shards_reused += 1
+        else:
+            todo.append((plan, expected))
+    _remove_stale(out, {plan.name for plan in plans})
+    workers = settings.workers or os.cpu_count() or 1
+    with progress_bar("precompute", sum(len(plan.sources) for plan, _ in todo), progress) as advance:
+        for plan, expected in todo:
+            _write_shard(out, plan, expected, sample_rate, settings.dtype, settings.on_error,
+                         workers, summary, advance)
+    rows = []
+    for plan in plans:
+        shard_rows, shard_skipped = read_shard_rows(out / plan.name)
+        rows += shard_rows
+        summary.skipped += shard_skipped
+    summary.recordings = len(rows)
+    summary.seconds = sum(row.duration_s for row in rows)
+    _write_skipped(out, summary.skipped)
+    write_index(out, rows)
+    return summary
+
+
+def _write_shard(out, plan, expected, sample_rate, dtype, on_error, workers, summary, advance):
+    writer = ShardWriter(out / plan.name, sample_rate, dtype, expected)
+    try:
+        for source, result in _decoded(plan.sources, sample_rate, workers):
+            if isinstance(result, str):
+                if on_error == "fail":
+                    raise PrecomputeError(f"{result}\n(Or set `precompute.on_error: skip` in "
+                                          "params.yaml to skip such files; they are listed in "
+                                          f"{out / SKIPPED_CSV}.)")
+                writer.skip(source.key, result)
+            else:
+                writer.append(source.key, result.wave, result.source_rate, result.source_channels,
+                              result.source_format)
+            advance(1)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    summary.shards_written += 1
+
+
+def _decoded(sources: list[Source], sample_rate: int, workers: int):
+    """Yield (source, Recording or failure reason) in order, decoding up to ``workers`` ahead.
+
+    The look-ahead is bounded, so memory stays flat however many files a shard holds.
+    """
+    if workers <= 1:
+        for source in sources:
+            yield source, _decode_or_reason(source, sample_rate)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        queue = iter(sources)
+        for source in queue:
+            pending.append((source, pool.submit(_decode_or_reason, source, sample_rate)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            source, future = pending.popleft()
+            yield source, future.result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append((following, pool.submit(_decode_or_reason, following, sample_rate)))
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Delete shards of an earlier plan and leftovers of an interrupted write."""
+    for path in out.iterdir():
+        if path.name in keep or path.name in (INDEX_CSV, SKIPPED_CSV):
+            continue
+        if path.suffix == ".h5" or path.name.endswith(".tmp"):
+            path.unlink()
+
+
+def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
+    import pandas as pd
+
+    path = out / SKIPPED_CSV
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(skipped, columns=["key", "reason"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)

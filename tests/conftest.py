@@ -1,0 +1,109 @@
+"""Shared test helpers: real audio files and small raw datasets written by the tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+FORMATS = {  # suffix -> (soundfile format, subtype)
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def tone(frequency: float, seconds: float, rate: int, level: float = 0.5, channels: int = 1):
+    """A pure tone (stereo: the same tone, the right channel slightly quieter)."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    wave = (level * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+    if channels == 1:
+        return wave
+    return np.stack([wave, 0.8 * wave], axis=1)
+
+
+def write_audio(path: Path, wave: np.ndarray, rate: int) -> Path:
+    import soundfile as sf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_format, subtype = FORMATS[path.suffix]
+    sf.write(path, wave, rate, format=file_format, subtype=subtype)
+    return path
+
+
+def write_raw_dataset(root: Path, files_per_label: int = 2) -> Path:
+    """A minimal data/raw: taxonomy, train.csv, focal recordings in every format, soundscapes."""
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    labels = ["amerob", "bkcchi", "41778"]
+    pd.DataFrame({"primary_label": labels, "inat_taxon_id": ["1", "2", "41778"],
+                  "scientific_name": labels, "common_name": labels,
+                  "class_name": ["Aves", "Aves", "Amphibia"]}).to_csv(root / "taxonomy.csv", index=False)
+    rows = []
+    suffixes = list(FORMATS)
+    for number in range(files_per_label * len(labels)):
+        label = labels[number % len(labels)]
+        suffix = suffixes[number % len(suffixes)]
+        rate = (32000, 44100, 48000, 22050)[number % 4]
+        name = f"{label}/XC{1000 + number}{suffix}"
+        write_audio(root / "train_audio" / name,
+                    tone(500 + 300 * number, 2.0 + number, rate, channels=1 + number % 2), rate)
+        rows.append({"primary_label": label, "secondary_labels": "[]", "type": "['song']",
+                     "filename": name, "collection": "XC", "rating": "4.0", "url": "",
+                     "latitude": "0", "longitude": "0", "scientific_name": label,
+                     "common_name": label, "author": f"author{number % 3}", "license": "cc"})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    for number in range(2):
+        write_audio(root / "train_soundscapes" / f"H02_2023042{number}.ogg",
+                    tone(2000 + 100 * number, 12.0, 32000, level=0.2), 32000)
+    return root
+
+
+def run(args, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, failing the test with its output when it fails."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args))} exited {result.returncode}\n"
+                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def python() -> str:
+    return sys.executable
+
+
+def project_copy(target: Path) -> Path:
+    """The tracked project files (what a fresh clone has) in a new git repository."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    run(["git", "init", "-q"], target)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], target)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], target)
+    return target
+
+
+@pytest.fixture
+def raw_dataset(tmp_path: Path) -> Path:
+    return write_raw_dataset(tmp_path / "raw")
+
+
+@pytest.fixture
+def params():
+    """The committed params.yaml (the sample composition), to adjust per test."""
+    from birdclef.params import load_params
+
+    return load_params(REPO / "params.yaml")
