@@ -1,0 +1,91 @@
+"""The whole network: waveform -> mel front end -> (SpecAugment) -> timm CNN -> attention head.
+
+Seed spec §2.3. Only the backbone is transferred from pretraining (spec §1.6, §3.4), so it
+can be saved and loaded on its own with a strict key check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from birdclef.model.frontend import MelFrontend
+from birdclef.model.head import AttentionHead, HeadOutput
+
+
+def build_backbone(name: str) -> nn.Module:
+    """A timm CNN that maps (B, 1, F, T) to a one-item list holding its LAST feature map.
+
+    Weights are random (``pretrained=False``): trained backbones are loaded from this
+    project's own files with ``BirdClassifier.load_backbone``, never downloaded.
+    ``backbone.feature_info.channels()[-1]`` is its channel count C.
+    """
+    return timm.create_model(
+        name,
+        pretrained=False,
+        features_only=True,
+        out_indices=(-1,),
+        in_chans=1,
+        exportable=True,
+    )
+
+
+class BirdClassifier(nn.Module):
+    """(B, samples) 32 kHz waveform -> ``HeadOutput`` with (B, num_classes) clip scores.
+
+    ``spec_augment`` (any module mapping (B, 1, n_mels, frames) -> same shape) runs on the
+    [0, 1] spectrogram in training mode only.
+    """
+
+    def __init__(
+        self,
+        backbone_name: str,
+        num_classes: int,
+        hidden: int = 512,
+        frontend: MelFrontend | None = None,
+        spec_augment: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.frontend = MelFrontend() if frontend is None else frontend
+        self.spec_augment = spec_augment
+        self.backbone = build_backbone(backbone_name)
+        self.head = AttentionHead(self.backbone.feature_info.channels()[-1], num_classes, hidden)
+
+    def forward_spectrogram(self, spectrogram: torch.Tensor) -> HeadOutput:
+        """(B, 1, n_mels, frames) -> HeadOutput; lets an ensemble share one front end."""
+        (features,) = self.backbone(spectrogram)  # (B, C, F', T')
+        return self.head(features)
+
+    def forward(self, wave: torch.Tensor) -> HeadOutput:
+        """(B, samples) -> HeadOutput((B, K) clip_logits, (B, K) clip_probs, ...)."""
+        spectrogram = self.frontend(wave)
+        if self.training and self.spec_augment is not None:
+            spectrogram = self.spec_augment(spectrogram)
+        return self.forward_spectrogram(spectrogram)
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's weights alone, the unit that pretraining hands to fine-tuning."""
+        return self.backbone.state_dict()
+
+    def load_backbone(self, path: str | Path) -> None:
+        """Load a backbone-only state dict saved with ``torch.save(backbone_state_dict())``.
+
+        Strict: a missing or unexpected key means a different architecture, which must fail.
+        """
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.backbone.load_state_dict(state, strict=True)
+
+
+class ClipProbabilities(nn.Module):
+    """(B, samples) -> (B, K) clip_probs only: the single-output graph to export and serve."""
+
+    def __init__(self, model: BirdClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> (B, K) probabilities in [0, 1]."""
+        return self.model(wave).clip_probs
