@@ -7,8 +7,9 @@ read from ``params.yaml`` (``--params``), paths come as options with the pipelin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -87,3 +88,204 @@ def precompute(
         f"{summary.shards_written} shard(s) written, {summary.shards_reused} reused, "
         f"{len(summary.skipped)} skipped"
     )
+
+
+@app.command()
+def prepare(
+    raw: Annotated[Path, typer.Option(help="The raw dataset.")] = Path("data/raw"),
+    external: Annotated[Path, typer.Option(help="User-added recordings.")] = Path("data/external"),
+    store: Annotated[Path, typer.Option(help="The HDF5 store (durations).")] = Path("data/store"),
+    out: Annotated[Path, typer.Option(help="Where to write the tables.")] = Path("data/tables"),
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Build the training table, the class list, both 5-fold split variants and the
+    per-class oversampling rows."""
+    from birdclef.prepare import PrepareError, prepare as run
+    from birdclef.store import StoreError
+    from birdclef.tables import TableError
+
+    params = _load(params_path)
+    try:
+        summary = run(raw, external, store, out, params)
+    except (PrepareError, TableError, StoreError) as error:
+        raise _fail(error) from None
+    typer.echo(f"prepare: {summary}")
+
+
+@app.command()
+def pretrain(
+    family: Annotated[str, typer.Option(help="The model family (a key of `family` in params).")],
+    raw: Annotated[Path, typer.Option(help="The raw dataset (pretrain/ corpus).")] = Path("data/raw"),
+    store: Annotated[Path, typer.Option(help="The HDF5 store.")] = Path("data/store"),
+    out: Annotated[Optional[Path], typer.Option(help="Backbone weights to write "
+                                                "(default: models/pretrained/<family>.pt).")] = None,
+    logs: Annotated[Optional[Path], typer.Option(help="DVCLive folder "
+                                                 "(default: metrics/pretrain/<family>).")] = None,
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Pretrain a family's backbone on the wide-species corpus and save the backbone only."""
+    from birdclef.train import pretrain_backbone
+
+    params = _load(params_path)
+    _check_family(params, family)
+    out = out or Path("models/pretrained") / f"{family}.pt"
+    summary = pretrain_backbone(params, family, raw, store, out, logs or Path("metrics/pretrain") / family)
+    typer.echo(f"pretrain: {summary}")
+
+
+@app.command()
+def train(
+    family: Annotated[str, typer.Option(help="The model family (a key of `family` in params).")],
+    fold: Annotated[int, typer.Option(help="The validation fold.")],
+    round: Annotated[str, typer.Option(help="The self-training round (a name in `rounds`).")] = "round0",
+    store: Annotated[Path, typer.Option(help="The HDF5 store.")] = Path("data/store"),
+    tables: Annotated[Path, typer.Option(help="The prepare stage's tables.")] = Path("data/tables"),
+    raw: Annotated[Path, typer.Option(help="The raw dataset (background clips).")] = Path("data/raw"),
+    pretrained: Annotated[Optional[Path], typer.Option(
+        help="Backbone weights to start from, if the file exists (default: models/pretrained/<family>.pt).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="The run's model folder (default: models/<round>/<family>/fold<fold>).")] = None,
+    logs: Annotated[Optional[Path], typer.Option(
+        help="The run's DVCLive folder (default: metrics/train/<round>/<family>/fold<fold>).")] = None,
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train one fold of one family in one self-training round (best epoch by validation
+    ROC-AUC)."""
+    from birdclef.train import RunPaths, train_fold
+
+    params = _load(params_path)
+    _check_family(params, family)
+    rounds = {item.name: item for item in params.rounds}
+    if round not in rounds:
+        raise _fail(ValueError(f"unknown round {round!r}; params.yaml has {', '.join(rounds)}"))
+    run_name = Path(round) / family / f"fold{fold}"
+    pseudo = Path(rounds[round].pseudo)
+    paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
+                     pretrained=pretrained or Path("models/pretrained") / f"{family}.pt",
+                     out=out or Path("models") / run_name, logs=logs or Path("metrics/train") / run_name)
+    meta = train_fold(params, family, fold, paths)
+    if meta:
+        typer.echo(f"train {run_name}: validation ROC-AUC {meta['val_auc']:.4f} "
+                   f"(epoch {meta['best_epoch']}), {meta['pseudo_chunks']} pseudo chunks")
+
+
+def _check_family(params, family: str) -> None:
+    if family not in params.family:
+        raise _fail(ValueError(f"unknown family {family!r}; params.yaml has {', '.join(params.family)}"))
+
+
+@app.command()
+def pseudo(
+    round: Annotated[str, typer.Option(help="The round whose ensemble labels the soundscapes.")],
+    inherit: Annotated[Path, typer.Option(help="Pseudo files this round trained with; they keep priority.")],
+    models: Annotated[Path, typer.Option(help="The trained models, one folder per round.")] = Path("models"),
+    store: Annotated[Path, typer.Option(help="The HDF5 store.")] = Path("data/store"),
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: data/pseudo/<round>).")] = None,
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Pseudo-label every unlabelled soundscape (12 windows of 5 s) with a round's ensemble."""
+    from birdclef.pseudo import PseudoError, pseudo_label_round
+
+    params = _load(params_path)
+    try:
+        summary = pseudo_label_round(params, round, models, inherit, store, out or Path("data/pseudo") / round)
+    except (PseudoError, FileNotFoundError) as error:
+        raise _fail(error) from None
+    typer.echo(f"pseudo {round}: {summary}")
+
+
+@app.command()
+def export(
+    family: Annotated[str, typer.Option(help="The model family to export.")],
+    models: Annotated[Optional[Path], typer.Option(help="The models to export (default: models/<export.round>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: models/export/<family>).")] = None,
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Export a family's folds as ONE graph (mel once, folds averaged, dynamic batch) to ONNX
+    and an fp16 OpenVINO IR, with a parity check against PyTorch."""
+    from birdclef.export import ExportError, export_family
+
+    params = _load(params_path)
+    _check_family(params, family)
+    models = models or Path("models") / params.export.round
+    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    try:
+        summary = export_family(models, family, params.folds, out or Path("models/export") / family, window)
+    except ExportError as error:
+        raise _fail(error) from None
+    typer.echo(f"export {family}: parity {summary['parity']}")
+
+
+@app.command()
+def infer(
+    exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
+    soundscapes: Annotated[Path, typer.Option(help="Soundscapes to submit for.")] = Path("data/raw/test_soundscapes"),
+    sample_submission: Annotated[Path, typer.Option(help="Kaggle's template (column order).")] = Path(
+        "data/raw/sample_submission.csv"),
+    out: Annotated[Path, typer.Option(help="The submission to write.")] = Path("submission.csv"),
+    metrics: Annotated[Path, typer.Option(help="Throughput metrics to write.")] = Path("metrics/infer.json"),
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write submission.csv: the OpenVINO ensemble on every test soundscape, TopN rescaled."""
+    from birdclef.export import ExportError
+    from birdclef.infer import InferError, infer as run
+
+    params = _load(params_path)
+    try:
+        summary = run(params, exports, soundscapes, sample_submission, out, metrics)
+    except (InferError, ExportError) as error:
+        raise _fail(error) from None
+    typer.echo(f"infer: {summary}")
+
+
+@app.command()
+def evaluate(
+    models: Annotated[Path, typer.Option(help="The trained models, one folder per round.")] = Path("models"),
+    tables: Annotated[Path, typer.Option(help="The prepare stage's tables.")] = Path("data/tables"),
+    store: Annotated[Path, typer.Option(help="The HDF5 store.")] = Path("data/store"),
+    raw: Annotated[Path, typer.Option(help="The raw dataset (test soundscape labels).")] = Path("data/raw"),
+    submission: Annotated[Path, typer.Option(help="The submission to score.")] = Path("submission.csv"),
+    out: Annotated[Path, typer.Option(help="The metrics file.")] = Path("metrics/evaluate.json"),
+    plots: Annotated[Path, typer.Option(help="Plot data folder.")] = Path("metrics/plots"),
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """CV and OOF ROC-AUC per round and family, soundscape ROC-AUC per round and of the
+    submission (where labels exist), per-class AUC for `dvc plots`."""
+    from birdclef.evaluate import evaluate as run
+
+    params = _load(params_path)
+    metrics_summary = run(params, models, tables, store, raw, submission, out, plots)
+    typer.echo(json.dumps(metrics_summary, indent=2))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV of per-window scores.")] = Path("predictions.csv"),
+    exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
+    raven: Annotated[Optional[Path], typer.Option(help="Also write Raven selection tables here.")] = None,
+    threshold: Annotated[float, typer.Option(help="Raven tables list scores at or above this.")] = 0.5,
+    top_n: Annotated[int, typer.Option(help="TopN rescaling per file (0 = off).")] = 0,
+    threads: Annotated[int, typer.Option(help="OpenVINO threads (0 = all cores).")] = 0,
+    params_path: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Score your own recordings, per 5-s window, with the exported ensemble (any format and
+    rate soundfile reads, any length). Unreadable files are skipped and listed."""
+    import warnings
+
+    from birdclef.export import ExportError
+    from birdclef.infer import Ensemble, InferError, predict as run
+
+    params = _load(params_path)
+    try:
+        ensemble = Ensemble(exports, params.families, params.infer.family_weights, threads or None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary = run(inputs, ensemble, out, params.audio.window_seconds, params.audio.sample_rate,
+                          top_n, raven, threshold)
+    except (InferError, ExportError) as error:
+        raise _fail(error) from None
+    for path in summary["skipped"]:
+        typer.secho(f"skipped (unreadable): {path}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"predict: {summary['files']} files, {summary['windows']} windows -> {out}"
+               + (f"; {len(summary['skipped'])} skipped" if summary["skipped"] else ""))

@@ -29,7 +29,7 @@ DATASETS = (
 DOWNLOADS = Path("data/downloads")
 COMPETITION_FILES = (
     layout.TRAIN_CSV, layout.TAXONOMY_CSV, layout.SAMPLE_SUBMISSION_CSV,
-    layout.TRAIN_AUDIO, layout.TRAIN_SOUNDSCAPES, layout.TEST_SOUNDSCAPES,
+    layout.TRAIN_AUDIO, layout.TRAIN_SOUNDSCAPES,
 )
 
 
@@ -44,8 +44,19 @@ def download(out: Path, params: Params) -> str:
         from birdclef.sample import generate
 
         summary = generate(out, params.data.sample, params.audio.sample_rate)
-        return ", ".join(f"{value} {name}" for name, value in summary.items())
-    return download_birdclef2025(out, DOWNLOADS)
+        text = ", ".join(f"{value} {name}" for name, value in summary.items())
+    else:
+        text = download_birdclef2025(out, DOWNLOADS)
+    _describe_pseudo_folder(out / layout.PSEUDO)
+    return text
+
+
+def _describe_pseudo_folder(folder: Path) -> None:
+    """Round 0 trains with the published pseudo labels here: the folder always exists."""
+    folder.mkdir(exist_ok=True)
+    (folder / "README.md").write_text(
+        "Published pseudo-label CSVs (row_id, one column per class), in priority order by file\n"
+        "name. Round 0 trains with them; the sample has none.\n")
 
 
 def kaggle_credentials_found() -> bool:
@@ -93,6 +104,11 @@ def download_birdclef2025(out: Path, downloads: Path) -> str:
             raise DownloadError(f"{competition}: the competition archive has no {name!r}; "
                                 "delete the folder and download again.")
         _link_or_copy(source, tmp / name)
+    # The test soundscapes are hidden until a notebook is submitted: the folder may be empty.
+    (tmp / layout.TEST_SOUNDSCAPES).mkdir()
+    if (competition / layout.TEST_SOUNDSCAPES).is_dir():
+        for path in (competition / layout.TEST_SOUNDSCAPES).iterdir():
+            _link_or_copy(path, tmp / layout.TEST_SOUNDSCAPES / path.name)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return f"competition and {len(DATASETS)} datasets in {downloads}, laid out in {out}"

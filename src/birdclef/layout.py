@@ -14,6 +14,7 @@ every later stage reads one format::
       extra/train.csv  extra/audio/<label>/<file>        extra labelled recordings
       background/background.csv  background/audio/<file> no-call and noise clips
       pretrain/train.csv  pretrain/audio/<label>/<file>  wide-species corpus for backbones
+      pseudo/*.csv                        published pseudo labels (priority = name order)
     data/external/train.csv  data/external/audio/<label>/<file>   user-added (data.dvc)
 
 Every recording is named in the store by its path relative to its root, with the
@@ -42,6 +43,7 @@ EXTRA_CSV = "extra/train.csv"
 BACKGROUND_AUDIO = "background/audio"
 PRETRAIN_AUDIO = "pretrain/audio"
 PRETRAIN_CSV = "pretrain/train.csv"
+PSEUDO = "pseudo"
 
 # Folders under data/raw whose audio precompute decodes into the store.
 RAW_AUDIO_FOLDERS = (

@@ -60,17 +60,124 @@ class PrecomputeParams:
 
 
 @dataclass
+class PrepareParams:
+    """The training table, the 5-fold splits and the explicit per-class oversampling."""
+
+    n_folds: int
+    split_seed: int
+    rare_max_recordings: int
+    oversample: dict[str, int]
+    oversample_to: int
+
+
+@dataclass
+class FamilyParams:
+    """One model family of the ensemble: a backbone and the recipe that trains it."""
+
+    backbone: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    sampler: str
+    split: str
+    oversample: bool
+
+
+@dataclass
+class AugmentParams:
+    mixup_p: float
+    background_p: float
+    background_weight: list[float]
+    background_categories: list[str]
+    filtering_bands: int
+    filtering_min_db: float
+    spec_freq_width: int
+    spec_time_width: int
+    spec_max_masks: int
+    spec_p: float
+
+
+@dataclass
+class TrainParams:
+    epochs: int
+    batch_size: int
+    num_workers: int
+    precision: str
+    min_lr: float
+    label_smoothing: float
+    hidden: int
+    accelerator: str
+    devices: str
+    strategy: str
+    augment: AugmentParams
+
+
+@dataclass
+class PretrainParams:
+    source: str
+    epochs: int
+    lr: float
+
+
+@dataclass
+class RoundParams:
+    """A self-training round: its name and the pseudo labels it trains with."""
+
+    name: str
+    pseudo: str
+
+
+@dataclass
+class PseudoParams:
+    min_primary_prob: float
+    trim_prob: float
+    swap_p: float
+    external: list[str]
+
+
+@dataclass
+class ExportParams:
+    round: str
+
+
+@dataclass
+class InferParams:
+    family_weights: dict[str, float]
+    top_n: int
+    threads: int
+
+
+@dataclass
 class Params:
     seed: int
+    loss: str
+    families: list[str]
+    folds: list[int]
     data: DataParams
     audio: AudioParams
     precompute: PrecomputeParams
+    prepare: PrepareParams
+    family: dict[str, FamilyParams]
+    train: TrainParams
+    pretrain: PretrainParams
+    rounds: list[RoundParams]
+    pseudo: PseudoParams
+    export: ExportParams
+    infer: InferParams
 
 
 CHOICES = {
+    "loss": ("bce", "focal", "focal_bce"),
+    "pretrain.source": ("corpus", "published", "none"),
     "data.source": ("sample", "birdclef2025"),
     "precompute.dtype": ("float16", "float32"),
     "precompute.on_error": ("fail", "skip"),
+}
+
+FAMILY_CHOICES = {
+    "optimizer": ("radam", "adamw"),
+    "sampler": ("sqrt", "balanced", "uniform"),
+    "split": ("allbirds", "rare_noleak"),
 }
 
 
@@ -97,17 +204,33 @@ def _check(params: Params, path: Path) -> None:
         value = _get(params, key)
         if value not in allowed:
             raise ParamsError(f"{path}: '{key}' is {value!r}; use one of {', '.join(allowed)}.")
+    for name in params.families:
+        if name not in params.family:
+            raise ParamsError(f"{path}: family {name!r} is listed in 'families' but has no "
+                              f"'family.{name}' section; known: {', '.join(params.family)}.")
+    for name, family in params.family.items():
+        for key, allowed in FAMILY_CHOICES.items():
+            if getattr(family, key) not in allowed:
+                raise ParamsError(f"{path}: 'family.{name}.{key}' is {getattr(family, key)!r}; "
+                                  f"use one of {', '.join(allowed)}.")
+    if not params.rounds:
+        raise ParamsError(f"{path}: 'rounds' needs at least one round.")
+    round_names = [item.name for item in params.rounds]
+    if params.export.round not in round_names:
+        raise ParamsError(f"{path}: 'export.round' is {params.export.round!r}; use one of "
+                          f"{', '.join(round_names)} (normally the last).")
+    if any(fold not in range(params.prepare.n_folds) for fold in params.folds):
+        raise ParamsError(f"{path}: 'folds' {params.folds} must lie in 0..{params.prepare.n_folds - 1} "
+                          "(prepare.n_folds).")
+    if params.precompute.files_per_shard < 1:
+        raise ParamsError(f"{path}: precompute.files_per_shard must be at least 1.")
     sample = params.data.sample
     if params.data.source == "sample" and sample is None:
         raise ParamsError(f"{path}: 'data.source' is sample but there is no 'data.sample' section.")
-    if sample is None:
-        return
-    if sample.min_recordings > sample.max_recordings:
+    if sample is not None and sample.min_recordings > sample.max_recordings:
         raise ParamsError(f"{path}: data.sample.min_recordings exceeds max_recordings.")
-    if sample.min_recording_seconds > sample.max_recording_seconds:
+    if sample is not None and sample.min_recording_seconds > sample.max_recording_seconds:
         raise ParamsError(f"{path}: data.sample.min_recording_seconds exceeds max_recording_seconds.")
-    if params.precompute.files_per_shard < 1:
-        raise ParamsError(f"{path}: precompute.files_per_shard must be at least 1.")
 
 
 def _get(obj, dotted: str):

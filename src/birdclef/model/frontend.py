@@ -1,8 +1,10 @@
 """Waveform to normalised log-mel spectrogram, computed inside the network.
 
 The spectrogram lives in the model so that the exported ONNX graph takes raw 32 kHz audio,
-exactly as the seed's exported ensemble does (seed spec §2.3, steps 1-5). The STFT is a
-conv1d with fixed Fourier kernels because a complex ``torch.stft`` does not export cleanly.
+exactly as the seed's exported ensemble does (seed spec §2.3, steps 1-5). Two equal STFTs:
+``torch.stft`` (an FFT, ~10x cheaper: what training and eager inference run) and a conv1d
+with fixed Fourier kernels, which exports cleanly (a complex ``torch.stft`` does not). The
+conv path is taken when ``exportable`` is set and while torch is exporting a graph.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ class MelFrontend(nn.Module):
         if win_length > n_fft:
             raise ValueError(f"win_length {win_length} must not exceed n_fft {n_fft}")
         self.n_fft = n_fft
+        self.win_length = win_length
         self.hop_length = hop_length
+        self.exportable = False
         self.power = power
         self.top_db = top_db
         self.amin = amin
         self.eps = eps
 
         self.register_buffer("fourier_kernels", _fourier_kernels(n_fft, win_length), persistent=False)
+        window = torch.hann_window(win_length, periodic=True, dtype=torch.float64)
+        self.register_buffer("window", (window / window.pow(2).sum().sqrt()).float(), persistent=False)
         mel_filters = torchaudio.functional.melscale_fbanks(
             n_freqs=n_fft // 2 + 1,
             f_min=f_min,
@@ -62,6 +68,14 @@ class MelFrontend(nn.Module):
 
     def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> (B, n_freqs, frames) window-normalised |STFT| ** power."""
+        if self.exportable or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return self._conv_power_spectrogram(wave)
+        spectrum = torch.stft(wave, self.n_fft, self.hop_length, self.win_length, self.window,
+                              center=True, pad_mode="reflect", return_complex=True)
+        power = spectrum.real.square() + spectrum.imag.square()
+        return power if self.power == 2.0 else power.pow(self.power / 2.0)
+
+    def _conv_power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         pad = self.n_fft // 2
         padded = F.pad(wave.unsqueeze(1), (pad, pad), mode="reflect")  # (B, 1, samples + n_fft)
         # (B, 2 * n_freqs, frames): real parts stacked over imaginary parts

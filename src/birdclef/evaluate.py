@@ -1,0 +1,106 @@
+"""The evaluate stage: one small metrics file for ``dvc exp show`` and the plots.
+
+Scores, all with the Kaggle rule (macro ROC-AUC over the classes that have positives):
+- per round and family: the mean of the folds' validation ROC-AUC and the OOF ROC-AUC (all
+  folds' best-epoch validation scores pooled, files reduced by max over 5-s chunks);
+- per round: the soundscape ROC-AUC of that round's PyTorch ensemble on the labelled test
+  soundscapes (windows as rows), so the student round can be compared with its teacher;
+- the submission's soundscape ROC-AUC: the exported OpenVINO ensemble, as submitted.
+The last two need ``test_soundscapes_labels.csv`` (the sample has it; Kaggle's test is hidden).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from birdclef import layout
+from birdclef.labels import multi_hot
+from birdclef.metrics import macro_roc_auc
+
+
+def cross_validation(models: Path, family: str, folds: list[int], table, classes: list[str]) -> dict:
+    """Mean fold ROC-AUC and OOF ROC-AUC of one family in one round."""
+    import pandas as pd
+
+    folders = [models / family / f"fold{fold}" for fold in folds]
+    fold_aucs = [json.loads((folder / "meta.json").read_text())["val_auc"] for folder in folders]
+    oof = pd.concat([pd.read_csv(folder / "oof.csv") for folder in folders], ignore_index=True)
+    rows = table.set_index("key").loc[oof["key"]]
+    class_index = {label: index for index, label in enumerate(classes)}
+    targets = np.stack([multi_hot(primary, secondary, class_index)
+                        for primary, secondary in zip(rows["primary_label"], rows["secondary_labels"])])
+    return {"cv_auc": round(float(np.mean(fold_aucs)), 5),
+            "oof_auc": round(macro_roc_auc(targets, oof[classes].to_numpy()), 5),
+            "fold_auc": [round(float(value), 5) for value in fold_aucs]}
+
+
+def soundscape_auc(labels, predictions) -> tuple[float, dict[str, float]]:
+    """Kaggle's score of a submission-like frame against window labels, and per class."""
+    from sklearn.metrics import roc_auc_score
+
+    classes = [column for column in labels.columns if column != "row_id"]
+    merged = labels.set_index("row_id").loc[predictions["row_id"]]
+    targets, scores = merged[classes].to_numpy(), predictions[classes].to_numpy()
+    per_class = {label: round(float(roc_auc_score(targets[:, i], scores[:, i])), 5)
+                 for i, label in enumerate(classes) if 0 < targets[:, i].sum() < len(targets)}
+    return round(macro_roc_auc(targets, scores), 5), per_class
+
+
+def round_predictions(params, models: Path, store: Path, keys: list[str], classes: list[str]):
+    """A round's PyTorch ensemble on the test soundscapes, with TopN, as a submission frame."""
+    import pandas as pd
+
+    from birdclef.infer import top_n_rescale
+    from birdclef.pseudo import predict_chunks, split_row_id, teacher_ensembles
+
+    ensembles, model_classes = teacher_ensembles(models, params.families, params.folds)
+    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"evaluate {models.name}")
+    soundscapes = np.asarray([split_row_id(row_id)[0] for row_id in row_ids])
+    for soundscape in np.unique(soundscapes):
+        chosen = soundscapes == soundscape
+        scores[chosen] = top_n_rescale(scores[chosen], params.infer.top_n)
+    frame = pd.DataFrame(scores, columns=model_classes)[classes]
+    frame.insert(0, "row_id", row_ids)
+    return frame
+
+
+def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submission: Path,
+             out: Path, plots: Path) -> dict:
+    import pandas as pd
+
+    from birdclef.store import AudioStore
+    from birdclef.train import read_tables
+
+    table, classes, _ = read_tables(tables)
+    metrics: dict = {}
+    labels_path = raw / layout.TEST_LABELS_CSV
+    labels = pd.read_csv(labels_path) if labels_path.is_file() else None
+    test_keys = AudioStore(store).keys(layout.TEST_SOUNDSCAPES)
+    for round_params in params.rounds:
+        round_models = models / round_params.name
+        result = {family: cross_validation(round_models, family, params.folds, table, classes)
+                  for family in params.families}
+        if labels is not None and test_keys:
+            frame = round_predictions(params, round_models, store, test_keys, classes)
+            result["soundscape_auc"] = soundscape_auc(labels, frame)[0]
+        metrics[round_params.name] = result
+    per_class = {}
+    if labels is not None and Path(submission).is_file():
+        metrics["submission_soundscape_auc"], per_class = soundscape_auc(labels, pd.read_csv(submission))
+    _write_json(out, metrics)
+    plots.mkdir(parents=True, exist_ok=True)
+    per_class_frame = pd.DataFrame({"species": list(per_class), "auc": list(per_class.values())})
+    per_class_frame.to_csv(plots / "per_class_auc.csv", index=False)
+    return metrics
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

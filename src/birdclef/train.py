@@ -1,0 +1,297 @@
+"""The train and pretrain stages: one Lightning run per (round, family, fold).
+
+``BirdModule`` is the recipe of seed spec §2: random EQ filtering on each training batch,
+the loss on attention-pooled logits, validation on whole files (5-s chunks, max per file)
+with the Kaggle macro ROC-AUC, per-step cosine decay to ``min_lr``, best epoch by
+validation ROC-AUC. A run writes ``model.pt`` (the classifier's weights), ``meta.json`` and
+``oof.csv`` (the best model's per-file validation scores) into its model folder, and its
+DVCLive logs into its metrics folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from birdclef import layout
+from birdclef.augment import BackgroundMixer, RandomFiltering, SpecAugment, StoreBackground
+from birdclef.data import TrainingWindows, ValidationChunks, training_sampler, worker_count
+from birdclef.labels import multi_hot
+from birdclef.losses import build_loss
+from birdclef.metrics import file_level_max, macro_roc_auc
+from birdclef.model import BirdClassifier
+from birdclef.params import FamilyParams, Params, TrainParams
+from birdclef.store import AudioStore
+
+
+class BirdModule(L.LightningModule):
+    """Training and validation of one ``BirdClassifier`` (seed spec §1.4, §2)."""
+
+    def __init__(self, model: BirdClassifier, loss: str, family: FamilyParams, train: TrainParams,
+                 file_targets: np.ndarray | None = None, chunk_files: list[int] | None = None):
+        super().__init__()
+        self.model = model
+        self.loss = build_loss(loss)
+        self.family = family
+        self.settings = train
+        augment = train.augment
+        self.filtering = RandomFiltering(n_bands=augment.filtering_bands, min_db=augment.filtering_min_db)
+        self.file_targets = file_targets
+        self.chunk_files = None if chunk_files is None else np.asarray(chunk_files)
+        self._scores: list[torch.Tensor] = []
+        self._positions: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_index):
+        wave, target = batch
+        output = self.model(self.filtering(wave))
+        loss = self.loss(output.clip_logits, target)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_index):
+        wave, position = batch
+        self._scores.append(self.model(wave).clip_probs.detach())
+        self._positions.append(position)
+
+    def on_validation_epoch_end(self):
+        scores = self.all_gather(torch.cat(self._scores)).reshape(-1, self._scores[0].shape[1])
+        positions = self.all_gather(torch.cat(self._positions)).reshape(-1)
+        self._scores, self._positions = [], []
+        positions, first = np.unique(positions.cpu().numpy(), return_index=True)  # DDP pads
+        chunk_scores = scores.float().cpu().numpy()[first]
+        files = self.chunk_files[positions]
+        _, file_scores, _ = file_level_max(chunk_scores, chunk_scores, files)
+        self.log("val_auc", macro_roc_auc(self.file_targets, file_scores), prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self):
+        family = self.family
+        if family.optimizer == "radam":
+            optimizer = torch.optim.RAdam(self.parameters(), lr=family.lr, weight_decay=family.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=family.lr, weight_decay=family.weight_decay)
+        # One cosine decay from lr to min_lr over all steps, stepped per batch (the seed's
+        # CosineAnnealingWarmRestarts with T_0 = the whole run: no warm-up, no restart).
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches)),
+            eta_min=self.settings.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@dataclass
+class RunPaths:
+    store: Path
+    tables: Path
+    raw: Path
+    pseudo: Path | None
+    pretrained: Path | None
+    out: Path
+    logs: Path
+
+
+def read_tables(tables: Path):
+    """The prepare stage's training table (secondary labels as lists), classes and folds."""
+    import pandas as pd
+
+    table = pd.read_csv(tables / "train.csv", keep_default_na=False)
+    table["secondary_labels"] = [json.loads(text) for text in table["secondary_labels"]]
+    classes = json.loads((tables / "classes.json").read_text())
+    folds = pd.read_csv(tables / "folds.csv")
+    return table, classes, folds
+
+
+def fold_rows(folds, variant: str, fold: int, subset: str) -> list[int]:
+    chosen = folds[(folds["variant"] == variant) & (folds["fold"] == fold) & (folds["subset"] == subset)]
+    return chosen["row"].tolist()
+
+
+def background_mixer(raw: Path, store_root: Path, train: TrainParams) -> BackgroundMixer | None:
+    """No-call soundscapes and noise clips from ``background/`` (seed: ``OneOf`` at p 0.5)."""
+    import pandas as pd
+
+    augment = train.augment
+    table_path = raw / layout.BACKGROUND_CSV
+    if augment.background_p <= 0 or not table_path.is_file():
+        return None
+    table = pd.read_csv(table_path, keep_default_na=False)
+    store = AudioStore(store_root)
+    keys = {source: [f"{layout.BACKGROUND_AUDIO}/{name}" for name in group["filename"]
+                     if f"{layout.BACKGROUND_AUDIO}/{name}" in store]
+            for source, group in table.groupby("source")}
+    noise_keys = [f"{layout.BACKGROUND_AUDIO}/{name}" for name, source, category
+                  in zip(table["filename"], table["source"], table["category"])
+                  if source != "nocall" and category in augment.background_categories]
+    sources = []
+    if keys.get("nocall"):
+        sources.append(StoreBackground(keys["nocall"], store, store.sample_rate))
+    noise = [store.read(key) for key in noise_keys if key in store]
+    if noise:
+        sources.append(noise)
+    if not sources:
+        return None
+    return BackgroundMixer(sources, p=augment.background_p, weight_range=tuple(augment.background_weight))
+
+
+def build_model(family: FamilyParams, num_classes: int, train: TrainParams) -> BirdClassifier:
+    augment = train.augment
+    spec_augment = SpecAugment(freq_width=augment.spec_freq_width, time_width=augment.spec_time_width,
+                               max_masks=augment.spec_max_masks, p=augment.spec_p)
+    return BirdClassifier(family.backbone, num_classes, hidden=train.hidden, spec_augment=spec_augment)
+
+
+def _trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, validate: bool) -> L.Trainer:
+    from dvclive.lightning import DVCLiveLogger
+
+    train = params.train
+    devices = train.devices if train.devices == "auto" else int(train.devices)
+    logger = DVCLiveLogger(dir=str(logs), dvcyaml=False, save_dvc_exp=False, report=None)
+    return L.Trainer(
+        max_epochs=max_epochs, accelerator=train.accelerator, devices=devices, strategy=train.strategy,
+        precision=train.precision, logger=logger, callbacks=callbacks, num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validate else 0, enable_model_summary=False, log_every_n_steps=1,
+        deterministic="warn",
+    )
+
+
+def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> dict:
+    """Fit one fold of one family; write the best model, its OOF scores and logs."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(params.seed, workers=True)
+    family = params.family[family_name]
+    table, classes, folds = read_tables(paths.tables)
+    train_rows = fold_rows(folds, family.split, fold, "train")
+    if family.oversample:
+        train_rows += fold_rows(folds, family.split, fold, "oversample")
+    valid_rows = sorted(set(fold_rows(folds, family.split, fold, "valid")))
+    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    pool = None
+    if paths.pseudo is not None:
+        from birdclef.pseudo import load_pool
+
+        pool = load_pool(paths.pseudo, classes, params.pseudo.min_primary_prob, params.pseudo.trim_prob,
+                         params.pseudo.swap_p, set(AudioStore(paths.store).keys(layout.TRAIN_SOUNDSCAPES)))
+    training = TrainingWindows(paths.store, table, train_rows, classes, window, params.train.label_smoothing,
+                               params.train.augment.mixup_p, pool, background_mixer(paths.raw, paths.store, params.train))
+    valid_keys = table["key"].iloc[valid_rows].tolist()
+    validation = ValidationChunks(paths.store, valid_keys, window)
+    class_index = {label: index for index, label in enumerate(classes)}
+    file_targets = np.stack([multi_hot(table["primary_label"].iloc[row], table["secondary_labels"].iloc[row],
+                                       class_index) for row in valid_rows])
+    model = build_model(family, len(classes), params.train)
+    if paths.pretrained is not None and paths.pretrained.is_file():
+        model.load_backbone(paths.pretrained)
+    module = BirdModule(model, params.loss, family, params.train, file_targets,
+                        [file for file, _ in validation.chunks])
+    train_loader, valid_loader = _loaders(params, training, validation, family.sampler)
+    with tempfile.TemporaryDirectory() as checkpoints:
+        checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_auc", mode="max",
+                                     save_top_k=1, save_weights_only=True)
+        trainer = _trainer(params, params.train.epochs, paths.logs, [checkpoint], validate=True)
+        trainer.fit(module, train_loader, valid_loader)
+        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(best["state_dict"])
+        best_epoch = int(best["epoch"])
+    if not trainer.is_global_zero:  # DDP: one process writes the outputs
+        return {}
+    file_scores = predict_files(model, valid_loader, trainer.strategy.root_device, validation)
+    val_auc = macro_roc_auc(file_targets, file_scores)
+    meta = {"family": family_name, "fold": fold, "backbone": family.backbone, "classes": classes,
+            "hidden": params.train.hidden, "val_auc": val_auc, "best_epoch": best_epoch,
+            "train_items": len(training), "valid_files": len(valid_keys),
+            "pseudo_chunks": 0 if pool is None else len(pool)}
+    _save(paths.out, model, meta, valid_keys, classes, file_scores)
+    return meta
+
+
+@torch.no_grad()
+def predict_files(model: BirdClassifier, loader: DataLoader, device, chunks: ValidationChunks) -> np.ndarray:
+    """Per-file scores (max over 5-s chunks) of ``model`` on the validation chunks."""
+    model.eval().to(device)
+    scores, positions = [], []
+    for wave, position in loader:
+        scores.append(model(wave.to(device)).clip_probs.float().cpu())
+        positions.append(position)
+    chunk_scores = torch.cat(scores).numpy()
+    files = np.asarray([file for file, _ in chunks.chunks])[torch.cat(positions).numpy()]
+    return file_level_max(chunk_scores, chunk_scores, files)[1]
+
+
+def _loaders(params: Params, training, validation, sampler_mode: str):
+    workers = worker_count(params.train.num_workers)
+    pin = torch.cuda.is_available()
+    train_loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True, num_workers=workers,
+                              pin_memory=pin, sampler=training_sampler(training.labels, sampler_mode, params.seed))
+    valid_loader = None
+    if validation is not None:
+        valid_loader = DataLoader(_Indexed(validation), batch_size=params.train.batch_size, num_workers=workers,
+                                  pin_memory=pin)
+    return train_loader, valid_loader
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Validation items as (wave, chunk position), so predictions survive DDP reordering."""
+
+    def __init__(self, chunks: ValidationChunks):
+        self.chunks = chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, position: int):
+        wave, _ = self.chunks[position]
+        return wave, position
+
+
+def _save(out: Path, model: BirdClassifier, meta: dict, keys: list[str], classes: list[str],
+          scores: np.ndarray) -> None:
+    """Write the run's folder atomically (temp folder, then rename)."""
+    import pandas as pd
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    oof = pd.DataFrame(scores, columns=classes)
+    oof.insert(0, "key", keys)
+    oof.to_csv(tmp / "oof.csv", index=False, float_format="%.6f")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def pretrain_backbone(params: Params, family_name: str, raw: Path, store: Path, out: Path, logs: Path) -> dict:
+    """Train on the wide-species corpus (no validation, last epoch) and keep the backbone only."""
+    from birdclef.tables import read_train_table
+
+    L.seed_everything(params.seed, workers=True)
+    family = params.family[family_name]
+    corpus = read_train_table(raw / layout.PRETRAIN_CSV, raw / layout.PRETRAIN_AUDIO, None)
+    corpus["key"] = [f"{layout.PRETRAIN_AUDIO}/{name}" for name in corpus["filename"]]
+    classes = sorted(set(corpus["primary_label"]) | {label for labels in corpus["secondary_labels"] for label in labels})
+    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    training = TrainingWindows(store, corpus, list(range(len(corpus))), classes, window,
+                               params.train.label_smoothing, params.train.augment.mixup_p, None,
+                               background_mixer(raw, store, params.train))
+    pretrain_family = FamilyParams(**{**family.__dict__, "lr": params.pretrain.lr})
+    model = build_model(family, len(classes), params.train)
+    module = BirdModule(model, params.loss, pretrain_family, params.train)
+    # The seed's pretraining used no class-weighted sampler: a plain shuffle.
+    loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True,
+                        num_workers=worker_count(params.train.num_workers), shuffle=True,
+                        generator=torch.Generator().manual_seed(params.seed))
+    trainer = _trainer(params, params.pretrain.epochs, logs, [], validate=False)
+    trainer.fit(module, loader)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(model.backbone_state_dict(), tmp)
+    os.replace(tmp, out)
+    return {"family": family_name, "classes": len(classes), "recordings": len(corpus)}

@@ -1,0 +1,55 @@
+import os
+
+import pytest
+import yaml
+
+from conftest import REPO, python, run
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def test_help_is_instant_because_nothing_heavy_is_imported(tmp_path):
+    code = ("import sys, birdclef.cli; "
+            "heavy = {'torch', 'lightning', 'timm', 'h5py', 'pandas', 'numpy', 'dvc', 'omegaconf'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    assert run([python(), "-c", code], tmp_path, env()).stdout.strip() == "[]"
+    result = run([python(), "-m", "birdclef", "--help"], tmp_path, env())
+    for command in ("download", "precompute"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", ["download", "precompute"])
+def test_every_command_has_help(tmp_path, command):
+    result = run([python(), "-m", "birdclef", command, "--help"], tmp_path, env())
+    assert "--params" in result.stdout
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["precompute"].update(dtype="int8"), "'precompute.dtype' is 'int8'; use one of float16, float32"),
+    (lambda p: p["audio"].update(sample_rat=1), "bad value at 'audio.sample_rat'"),
+    (lambda p: p["precompute"].pop("workers"), "missing mandatory value: workers"),
+    (lambda p: p.update(seed="x"), "bad value at 'seed'"),
+])
+def test_wrong_params_are_named(tmp_path, edit, message):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run([python(), "-m", "birdclef", "precompute"], tmp_path, env(), check=False)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_params_file_is_explained(tmp_path):
+    result = run([python(), "-m", "birdclef", "precompute"], tmp_path, env(), check=False)
+    assert result.returncode == 1 and "params.yaml: not found" in result.stderr
+
+
+def test_committed_params_are_the_default_composition(tmp_path):
+    """`dvc exp run` composes params.yaml from conf/; a plain `dvc repro` must run the same."""
+    from dvc.utils.hydra import compose_and_dump
+
+    composed = tmp_path / "params.yaml"
+    compose_and_dump(composed, str(REPO / "conf"), None, "config", str(REPO), [])
+    assert yaml.safe_load(composed.read_text()) == yaml.safe_load((REPO / "params.yaml").read_text())

@@ -1,0 +1,79 @@
+"""The seed's pseudo-label rules on small hand-made CSVs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from birdclef.pseudo import PseudoError, load_pool, split_row_id, stack
+
+CLASSES = ["aaa1", "bbb1", "41778"]
+
+
+def chunks(rows):
+    """rows: (row_id, probabilities) -> a pseudo CSV frame with the primary columns."""
+    frame = pd.DataFrame([probs for _, probs in rows], columns=CLASSES)
+    frame.insert(0, "row_id", [row_id for row_id, _ in rows])
+    frame["primary_label"] = np.asarray(CLASSES)[frame[CLASSES].to_numpy().argmax(1)]
+    frame["primary_label_prob"] = frame[CLASSES].to_numpy().max(1)
+    return frame
+
+
+def test_threshold_keeps_only_confident_chunks():
+    frame = chunks([("S1_5", [0.9, 0.2, 0.0]), ("S1_10", [0.5, 0.4, 0.0]), ("S1_15", [0.3, 0.51, 0.05])])
+    kept = stack([frame], CLASSES, min_primary_prob=0.5, trim_prob=0.1)
+    assert kept["row_id"].tolist() == ["S1_5", "S1_15"]  # 0.5 is not > 0.5
+    assert kept["primary_label"].tolist() == ["aaa1", "bbb1"]
+
+
+def test_trim_zeroes_small_probabilities_without_renormalising():
+    kept = stack([chunks([("S1_5", [0.9, 0.09, 0.1])])], CLASSES, 0.5, 0.1)
+    np.testing.assert_allclose(kept[CLASSES].to_numpy()[0], [0.9, 0.0, 0.1])
+
+
+def test_later_files_only_add_soundscapes_the_earlier_did_not_cover():
+    first = chunks([("S1_5", [0.9, 0.0, 0.0]), ("S2_5", [0.2, 0.2, 0.2])])
+    second = chunks([("S1_10", [0.0, 0.8, 0.0]), ("S2_10", [0.0, 0.0, 0.7]), ("S3_5", [0.6, 0.0, 0.0])])
+    kept = stack([first, second], CLASSES, 0.5, 0.1)
+    # S1 came from the first file, so the second's S1 chunk is dropped; S2 had no kept chunk
+    # in the first file (0.2 < 0.5), so the second file may add it.
+    assert kept["row_id"].tolist() == ["S1_5", "S2_10", "S3_5"]
+    kept_reversed = stack([second, first], CLASSES, 0.5, 0.1)
+    assert kept_reversed["row_id"].tolist() == ["S1_10", "S2_10", "S3_5"]
+
+
+def test_pool_files_chunks_under_their_class_in_priority_order(tmp_path):
+    chunks([("S1_5", [0.9, 0.0, 0.0]), ("S1_60", [0.0, 0.3, 0.95])]).to_csv(tmp_path / "00-a.csv", index=False)
+    chunks([("S1_10", [0.0, 0.99, 0.0]), ("S2_15", [0.0, 0.99, 0.0])]).to_csv(tmp_path / "01-b.csv", index=False)
+    keys = {"train_soundscapes/S1.ogg", "train_soundscapes/S2.ogg"}
+    pool = load_pool(tmp_path, CLASSES, 0.5, 0.1, swap_p=0.4, store_keys=keys)
+    assert len(pool) == 3
+    assert [(c.key, c.end_s) for c in pool.chunks_by_class["41778"]] == [("train_soundscapes/S1.ogg", 60.0)]
+    np.testing.assert_allclose(pool.chunks_by_class["41778"][0].target, [0.0, 0.3, 0.95])
+    assert [c.end_s for c in pool.chunks_by_class["bbb1"]] == [15.0]
+
+
+def test_swap_probability_and_same_class_draws(tmp_path):
+    chunks([("S1_5", [0.9, 0.0, 0.0])]).to_csv(tmp_path / "00.csv", index=False)
+    pool = load_pool(tmp_path, CLASSES, 0.5, 0.1, swap_p=0.4, store_keys={"train_soundscapes/S1.ogg"})
+    rng = np.random.default_rng(0)
+    draws = [pool.draw("aaa1", rng) for _ in range(4000)]
+    assert 0.37 < np.mean([d is not None for d in draws]) < 0.43
+    assert all(pool.draw("bbb1", rng) is None for _ in range(100))  # no chunks of that class
+
+
+def test_pseudo_labels_for_another_dataset_are_refused(tmp_path):
+    chunks([("ELSEWHERE_5", [0.9, 0.0, 0.0])]).to_csv(tmp_path / "00.csv", index=False)
+    with pytest.raises(PseudoError, match="ELSEWHERE.*not in the store"):
+        load_pool(tmp_path, CLASSES, 0.5, 0.1, 0.4, store_keys={"train_soundscapes/S1.ogg"})
+
+
+def test_missing_class_columns_are_named(tmp_path):
+    chunks([("S1_5", [0.9, 0.0, 0.0])]).drop(columns=["41778"]).to_csv(tmp_path / "00.csv", index=False)
+    with pytest.raises(PseudoError, match="41778"):
+        load_pool(tmp_path, CLASSES, 0.5, 0.1, 0.4, store_keys={"train_soundscapes/S1.ogg"})
+
+
+def test_row_ids():
+    assert split_row_id("H02_20230420_074000_55") == ("H02_20230420_074000", 55)
+    with pytest.raises(PseudoError):
+        split_row_id("nodigits_x")
