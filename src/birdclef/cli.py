@@ -233,7 +233,7 @@ def infer(
     params = _load(params_path)
     try:
         summary = run(params, exports, soundscapes, sample_submission, out, metrics)
-    except (InferError, ExportError) as error:
+    except (InferError, ExportError, FileNotFoundError) as error:
         raise _fail(error) from None
     typer.echo(f"infer: {summary}")
 
@@ -283,7 +283,7 @@ def predict(
             warnings.simplefilter("ignore")
             summary = run(inputs, ensemble, out, params.audio.window_seconds, params.audio.sample_rate,
                           top_n, raven, threshold)
-    except (InferError, ExportError) as error:
+    except (InferError, ExportError, FileNotFoundError) as error:
         raise _fail(error) from None
     for path in summary["skipped"]:
         typer.secho(f"skipped (unreadable): {path}", err=True, fg=typer.colors.YELLOW)

@@ -1,0 +1,112 @@
+"""Inference: TopN, the submission format, and `birdclef predict` on every kind of input."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from birdclef.export import export_family
+from birdclef.infer import Ensemble, infer, predict, top_n_rescale
+from conftest import REPO, python, run, tone, write_audio
+from test_export import CLASSES, realistic_random_model, save_trained
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
+
+
+def test_top_n_rescaling_by_hand():
+    probs = np.array([[0.1, 0.8], [0.4, 0.2], [0.2, 0.6]])
+    np.testing.assert_allclose(top_n_rescale(probs, 1), probs * np.array([[0.4, 0.8]]))
+    np.testing.assert_allclose(top_n_rescale(probs, 2), probs * np.array([[0.3, 0.7]]))
+    np.testing.assert_allclose(top_n_rescale(probs, 5), probs * probs.mean(0))  # N > windows: all
+    np.testing.assert_array_equal(top_n_rescale(probs, 0), probs)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    for fold in range(2):
+        save_trained(realistic_random_model(fold), root / "eca" / f"fold{fold}", fold)
+    out = tmp_path_factory.mktemp("export")
+    export_family(root, "eca", [0, 1], out / "eca", 160_000)
+    return out
+
+
+@pytest.fixture
+def params():
+    from birdclef.params import load_params
+
+    loaded = load_params(REPO / "params.yaml")
+    loaded.families = ["eca"]
+    loaded.infer.family_weights = {"eca": 1.0}
+    return loaded
+
+
+def test_submission_format(exports, params, tmp_path):
+    soundscapes = tmp_path / "test_soundscapes"
+    for number in range(2):
+        write_audio(soundscapes / f"H02_2023060{number}_070000.ogg", tone(2000 + 500 * number, 60.0, 32000), 32000)
+    template = tmp_path / "sample_submission.csv"
+    shuffled = CLASSES[::-1]
+    pd.DataFrame(columns=["row_id", *shuffled]).to_csv(template, index=False)
+    summary = infer(params, exports, soundscapes, template, tmp_path / "submission.csv", tmp_path / "infer.json")
+    submission = pd.read_csv(tmp_path / "submission.csv")
+    assert list(submission.columns) == ["row_id", *shuffled]
+    assert len(submission) == 24  # 12 windows per minute
+    assert submission["row_id"].tolist()[:3] == ["H02_20230600_070000_5", "H02_20230600_070000_10",
+                                                 "H02_20230600_070000_15"]
+    assert submission["row_id"].iloc[-1] == "H02_20230601_070000_60"
+    values = submission[shuffled].to_numpy()
+    assert values.min() >= 0 and values.max() <= 1
+    assert summary["seconds_per_minute_of_audio"] > 0
+    # the columns follow the template's order, not the models'
+    ensemble = Ensemble(exports, ["eca"], {"eca": 1.0})
+    assert ensemble.classes == CLASSES
+
+
+def test_unknown_template_column_is_refused(exports, params, tmp_path):
+    from birdclef.infer import InferError
+
+    template = tmp_path / "sample_submission.csv"
+    pd.DataFrame(columns=["row_id", *CLASSES, "notabird"]).to_csv(template, index=False)
+    with pytest.raises(InferError, match="notabird"):
+        infer(params, exports, tmp_path, template, tmp_path / "s.csv", tmp_path / "m.json")
+
+
+def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
+    recordings = tmp_path / "recordings"
+    cases = {"a.wav": (22050, 1, 7.0), "b.ogg": (44100, 2, 12.0), "c.mp3": (48000, 1, 5.0),
+             "sub/d.flac": (32000, 2, 3.0)}
+    for name, (rate, channels, seconds) in cases.items():
+        write_audio(recordings / name, tone(3000, seconds, rate, channels=channels), rate)
+    (recordings / "broken.ogg").write_bytes(b"OggS not really")
+    ensemble = Ensemble(exports, ["eca"], {"eca": 1.0}, threads=1)
+    with pytest.warns(UserWarning, match="broken.ogg"):
+        summary = predict([recordings], ensemble, tmp_path / "out.csv", 5.0, 32000,
+                          raven=tmp_path / "raven", threshold=0.0)
+    assert summary["skipped"] == [str(recordings / "broken.ogg")]
+    table = pd.read_csv(tmp_path / "out.csv")
+    windows = table.groupby("file").size()
+    assert windows[str(recordings / "a.wav")] == 2 and windows[str(recordings / "b.ogg")] == 3
+    assert windows[str(recordings / "c.mp3")] == 1 and windows[str(recordings / "sub/d.flac")] == 1
+    assert table.loc[table["file"] == str(recordings / "sub/d.flac"), "end_s"].item() == 3.0
+    selections = pd.read_csv(tmp_path / "raven" / "a.selections.txt", sep="\t")
+    assert list(selections.columns[:3]) == ["Selection", "View", "Channel"]
+    assert len(selections) == 2 * len(CLASSES)  # threshold 0: every window and species
+
+
+def test_predict_command_line(exports, tmp_path):
+    write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)
+    (tmp_path / "bad.mp3").write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    values["families"] = ["eca"]
+    params.write_text(yaml.safe_dump(values))
+    result = run([python(), "-m", "birdclef", "predict", str(tmp_path / "x.wav"), str(tmp_path / "bad.mp3"),
+                  "-o", str(tmp_path / "p.csv"), "--exports", str(exports), "--params", str(params),
+                  "--threads", "1"], tmp_path, env)
+    assert "1 files, 2 windows" in result.stdout and "1 skipped" in result.stdout
+    assert "bad.mp3" in result.stderr

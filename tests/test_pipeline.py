@@ -1,0 +1,61 @@
+"""The whole pipeline through DVC, in a fresh copy of the project, on a tiny composition.
+
+This is what a user runs (`dvc pull data.dvc`, `dvc exp run`, `dvc exp show`, `dvc status`),
+with -S overrides that shrink the sample and the training budget so it runs in minutes.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import project_copy, run
+
+TINY = [
+    "data.sample.species=3", "data.sample.min_recordings=8", "data.sample.max_recordings=12",
+    "data.sample.max_recording_seconds=8", "data.sample.extra_recordings_per_species=1",
+    "data.sample.train_soundscapes=2", "data.sample.test_soundscapes=2",
+    "data.sample.background_clips=2", "data.sample.pretrain_extra_species=1",
+    "data.sample.pretrain_recordings_per_species=3",
+    "prepare.n_folds=2", "folds=[0,1]", "train.epochs=1", "pretrain.epochs=1", "train.num_workers=0",
+]
+
+
+def dvc(args, cwd):
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+    return run([str(Path(bin_dir) / "dvc"), *args], cwd, env)
+
+
+@pytest.mark.slow
+def test_dvc_pipeline_from_a_fresh_clone(tmp_path):
+    project = project_copy(tmp_path / "project")
+    dvc(["pull", "data.dvc"], project)
+    assert (project / "data/external/README.md").is_file()
+
+    overrides = [flag for item in TINY for flag in ("-S", item)]
+    dvc(["exp", "run", "-n", "tiny-focal", *overrides], project)
+
+    submission = pd.read_csv(project / "submission.csv")
+    template = pd.read_csv(project / "data/raw/sample_submission.csv")
+    assert list(submission.columns) == list(template.columns)
+    soundscapes = sorted((project / "data/raw/test_soundscapes").glob("*.ogg"))
+    assert len(submission) == 12 * len(soundscapes)
+    assert submission.iloc[:, 1:].to_numpy().min() >= 0 and submission.iloc[:, 1:].to_numpy().max() <= 1
+    assert submission["row_id"].iloc[0] == f"{soundscapes[0].stem}_5"
+    for family in ("eca", "ebs"):
+        export = json.loads((project / "models/export" / family / "export.json").read_text())
+        assert export["folds"] == [0, 1]
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    assert {"round0", "round1", "submission_soundscape_auc"} <= set(metrics)
+    assert 0.0 <= metrics["submission_soundscape_auc"] <= 1.0
+    assert "Data and pipelines are up to date" in dvc(["status"], project).stdout
+
+    dvc(["exp", "run", "-n", "tiny-bce", *overrides, "-S", "loss=bce"], project)
+    table = dvc(["exp", "show", "--csv", "--no-pager"], project).stdout
+    assert "tiny-focal" in table and "tiny-bce" in table and "submission_soundscape_auc" in table
