@@ -151,7 +151,8 @@ def train(
 ) -> None:
     """Train one fold of one family in one self-training round (best epoch by validation
     ROC-AUC)."""
-    from birdclef.train import RunPaths, train_fold
+    from birdclef.pseudo import PseudoError
+    from birdclef.train import RunPaths, TrainError, train_fold
 
     params = _load(params_path)
     _check_family(params, family)
@@ -163,7 +164,10 @@ def train(
     paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
                      pretrained=pretrained or Path("models/pretrained") / f"{family}.pt",
                      out=out or Path("models") / run_name, logs=logs or Path("metrics/train") / run_name)
-    meta = train_fold(params, family, fold, paths)
+    try:
+        meta = train_fold(params, family, fold, paths)
+    except (TrainError, PseudoError) as error:
+        raise _fail(error) from None
     if meta:
         typer.echo(f"train {run_name}: validation ROC-AUC {meta['val_auc']:.4f} "
                    f"(epoch {meta['best_epoch']}), {meta['pseudo_chunks']} pseudo chunks")

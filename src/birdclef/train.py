@@ -33,6 +33,10 @@ from birdclef.params import FamilyParams, Params, TrainParams
 from birdclef.store import AudioStore
 
 
+class TrainError(ValueError):
+    """A fold that cannot be trained as configured; the message says what to change."""
+
+
 class BirdModule(L.LightningModule):
     """Training and validation of one ``BirdClassifier`` (seed spec §1.4, §2)."""
 
@@ -156,7 +160,8 @@ def _trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, valid
     return L.Trainer(
         max_epochs=max_epochs, accelerator=train.accelerator, devices=devices, strategy=train.strategy,
         precision=train.precision, logger=logger, callbacks=callbacks, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validate else 0, enable_model_summary=False, log_every_n_steps=1,
+        limit_val_batches=1.0 if validate else 0, enable_checkpointing=validate,
+        enable_model_summary=False, log_every_n_steps=1,
         deterministic="warn",
     )
 
@@ -172,6 +177,10 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
     if family.oversample:
         train_rows += fold_rows(folds, family.split, fold, "oversample")
     valid_rows = sorted(set(fold_rows(folds, family.split, fold, "valid")))
+    if not valid_rows:
+        raise TrainError(f"fold {fold} of split {family.split!r} has no validation recordings (with "
+                         "rare_noleak, species with <= prepare.rare_max_recordings recordings never "
+                         "validate); lower prepare.rare_max_recordings or add recordings.")
     window = round(params.audio.window_seconds * params.audio.sample_rate)
     pool = None
     if paths.pseudo is not None:

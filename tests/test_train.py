@@ -1,0 +1,190 @@
+"""Datasets, samplers and the train/pretrain stages on a tiny generated sample."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from birdclef.data import (PseudoChunk, PseudoPool, TrainingWindows, crop_or_pad, sample_weights,
+                           split_windows, training_sampler)
+from birdclef.labels import smooth
+from birdclef.params import load_params
+from birdclef.precompute import precompute
+from birdclef.prepare import prepare
+from birdclef.sample import generate
+from birdclef.train import RunPaths, pretrain_backbone, read_tables, train_fold
+from conftest import REPO
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore:.*LeafSpec:FutureWarning")
+
+
+def tiny_params():
+    params = load_params(REPO / "params.yaml")
+    params.data.sample = replace(params.data.sample, species=3, min_recordings=8, max_recordings=10,
+                                 max_recording_seconds=8.0, extra_recordings_per_species=1,
+                                 train_soundscapes=1, test_soundscapes=1, soundscape_seconds=20,
+                                 background_clips=1, pretrain_extra_species=1, pretrain_recordings_per_species=2)
+    params.prepare.n_folds = 2
+    params.folds = [0, 1]
+    params.train.epochs = 1
+    params.pretrain.epochs = 1
+    params.train.num_workers = 0
+    params.train.batch_size = 4
+    return params
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("work")
+    params = tiny_params()
+    generate(root / "raw", params.data.sample)
+    (root / "raw" / "pseudo").mkdir()
+    precompute(root / "raw", root / "external", root / "store", params, progress=False)
+    prepare(root / "raw", root / "external", root / "store", root / "tables", params)
+    return root, params
+
+
+def paths(root: Path, name: str, pseudo: Path | None = None, pretrained: Path | None = None) -> RunPaths:
+    return RunPaths(store=root / "store", tables=root / "tables", raw=root / "raw", pseudo=pseudo,
+                    pretrained=pretrained, out=root / "models" / name, logs=root / "logs" / name)
+
+
+def test_short_run_writes_its_outputs_and_is_deterministic(workspace):
+    root, params = workspace
+    first = train_fold(params, "eca", 0, paths(root, "a"))
+    second = train_fold(params, "eca", 0, paths(root, "b"))
+    assert first["val_auc"] == second["val_auc"]
+    weights_a = torch.load(root / "models/a/model.pt", weights_only=True)
+    weights_b = torch.load(root / "models/b/model.pt", weights_only=True)
+    assert all(torch.equal(weights_a[key], weights_b[key]) for key in weights_a)
+    meta = json.loads((root / "models/a/meta.json").read_text())
+    table, classes, _ = read_tables(root / "tables")
+    assert meta["classes"] == classes and meta["backbone"] == params.family["eca"].backbone
+    oof = pd.read_csv(root / "models/a/oof.csv")
+    assert list(oof.columns) == ["key", *classes] and len(oof) == meta["valid_files"]
+    assert set(oof["key"]) <= set(table["key"])
+    assert (root / "logs/a/metrics.json").is_file()
+    assert (root / "logs/a/plots/metrics/val/auc.tsv").is_file()
+    assert not (root / "models/a.tmp").exists()
+
+
+def test_pretrained_backbone_is_loaded_strictly(workspace):
+    root, params = workspace
+    backbone = root / "pretrained" / "eca.pt"
+    summary = pretrain_backbone(params, "eca", root / "raw", root / "store", backbone, root / "logs" / "pre")
+    assert summary["classes"] > len(read_tables(root / "tables")[1])  # the wider corpus
+    state = torch.load(backbone, weights_only=True)
+    assert state and all(not key.startswith("head.") for key in state)
+    train_fold(params, "eca", 1, paths(root, "from-pretrained", pretrained=backbone))
+    other = root / "pretrained" / "wrong.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, other)
+    with pytest.raises(RuntimeError, match="state_dict"):
+        train_fold(params, "eca", 1, paths(root, "wrong", pretrained=other))
+
+
+def test_pseudo_chunks_enter_training(workspace):
+    root, params = workspace
+    _, classes, _ = read_tables(root / "tables")
+    pseudo = root / "pseudo-labels"
+    pseudo.mkdir()
+    soundscape = sorted((root / "raw" / "train_soundscapes").glob("*.ogg"))[0].stem
+    rows = [[f"{soundscape}_{end}"] + list(np.eye(len(classes))[end // 5 % len(classes)] * 0.9)
+            for end in (5, 10, 15, 20)]
+    pd.DataFrame(rows, columns=["row_id", *classes]).to_csv(pseudo / "00-test.csv", index=False)
+    meta = train_fold(params, "eca", 0, paths(root, "pseudo", pseudo=pseudo))
+    assert meta["pseudo_chunks"] == 4
+
+
+def test_training_windows_crop_pad_mixup_and_targets(workspace):
+    root, params = workspace
+    table, classes, folds = read_tables(root / "tables")
+    rows = list(range(len(table)))
+    windows = TrainingWindows(root / "store", table, rows, classes, 160000, label_smoothing=0.0, mixup_p=0.0)
+    torch.manual_seed(0)
+    for position in range(len(rows)):
+        wave, target = windows[position]
+        assert wave.shape == (160000,) and abs(float(wave.abs().max()) - 1.0) < 1e-5
+        assert target[classes.index(table["primary_label"][position])] == 1.0
+    mixed = TrainingWindows(root / "store", table, rows, classes, 160000, label_smoothing=0.05, mixup_p=1.0)
+    for position in range(10):
+        _, target = mixed[position]
+        assert float(target.max()) <= 1.0
+        assert (target > 0.5).sum() >= 1  # the union of two smoothed one-hot targets
+    short = np.ones(1000, np.float32)
+    padded = crop_or_pad(short, 4000, np.random.default_rng(0))
+    assert padded[:3000].sum() == 0 and padded[3000:].sum() == 1000  # left-padded
+
+
+def test_pseudo_swap_replaces_items_with_soft_targets(workspace):
+    root, _ = workspace
+    table, classes, _ = read_tables(root / "tables")
+    key = sorted(AudioKeys(root).soundscapes)[0]
+    soft = np.linspace(0.1, 0.8, len(classes)).astype(np.float32)
+    label = table["primary_label"][0]
+    pool = PseudoPool({label: [PseudoChunk(key, 10.0, soft)]}, swap_p=1.0)
+    windows = TrainingWindows(root / "store", table, [0], classes, 160000, 0.05, 0.0, pool)
+    _, target = windows[0]
+    np.testing.assert_allclose(target.numpy(), soft)  # soft target, no smoothing
+
+
+class AudioKeys:
+    def __init__(self, root):
+        from birdclef.store import AudioStore
+
+        self.soundscapes = AudioStore(root / "store").keys("train_soundscapes")
+
+
+def test_sampler_draws_every_row_once_per_epoch_and_weights_follow_the_seed():
+    labels = ["a"] * 6 + ["b"] * 3 + ["c"]
+    sampler = training_sampler(labels, "sqrt", seed=1)
+    assert sorted(sampler) == list(range(10))  # without replacement
+    np.testing.assert_allclose(sample_weights(labels, "balanced"), [1 / 6] * 6 + [1 / 3] * 3 + [1.0])
+    np.testing.assert_allclose(sample_weights(labels, "sqrt")[-1], (1 / 10) ** -0.5)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample_weights(labels, "nope")
+
+
+def test_inference_windows():
+    wave = np.concatenate([np.full(160000, 0.5), np.full(40000, 0.25)]).astype(np.float32)
+    windows = split_windows(wave, 160000)
+    assert windows.shape == (2, 160000)
+    assert windows[1, :120000].sum() == 0 and np.allclose(windows[1, 120000:], 1.0)  # padded, normalised
+
+
+def test_label_smoothing_values():
+    target = np.zeros(206, np.float32)
+    target[3] = 1
+    smoothed = smooth(target, 0.05)
+    assert smoothed[3] == pytest.approx(0.95024, abs=1e-5) and smoothed[0] == pytest.approx(0.000243, abs=1e-6)
+
+
+@pytest.mark.parametrize("family, backbone", [("eca", "eca_nfnet_l0"), ("ebs", "tf_efficientnetv2_s.in21k")])
+def test_real_backbones_train_and_validate(workspace, family, backbone):
+    """The seed's backbones go through a training step and a validation pass (CPU, tiny)."""
+    import lightning as L
+
+    from birdclef.data import ValidationChunks
+    from birdclef.train import BirdModule, _Indexed, build_model
+
+    root, params = workspace
+    table, classes, _ = read_tables(root / "tables")
+    settings = replace(params.family[family], backbone=backbone)
+    model = build_model(settings, 206, params.train)
+    training = TrainingWindows(root / "store", table, [0, 1], classes + [f"x{i}" for i in range(206 - len(classes))],
+                               160000, 0.05, 0.5)
+    validation = ValidationChunks(root / "store", table["key"][:2].tolist(), 160000)
+    targets = np.zeros((2, 206), np.float32)
+    targets[0, 0] = targets[1, 1] = 1
+    module = BirdModule(model, "focal_bce", settings, params.train, targets, [f for f, _ in validation.chunks])
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, num_sanity_val_steps=0, limit_train_batches=1)
+    trainer.fit(module, torch.utils.data.DataLoader(training, batch_size=2),
+                torch.utils.data.DataLoader(_Indexed(validation), batch_size=4))
+    assert 0.0 <= trainer.callback_metrics["val_auc"] <= 1.0
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
