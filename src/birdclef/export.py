@@ -368,6 +368,7 @@ def join_families(folders: list[Path]):
     core = ov.Core()
     models = [core.read_model(str(Path(folder) / "model.xml")) for folder in folders]
     shared = _find_output(models[0], infos[0]["spectrogram_tensor"])
+    (wave,) = models[0].get_parameters()
     outputs = [models[0].get_results()[0].input_value(0)]
     for folder, model, info in zip(folders[1:], models[1:], infos[1:]):
         spectrogram = _find_output(model, info["spectrogram_tensor"])
@@ -375,6 +376,10 @@ def join_families(folders: list[Path]):
             raise ExportError(f"{folder}: spectrogram tensor {info['spectrogram_tensor']!r} not in model.xml.")
         for target in list(spectrogram.get_target_inputs()):
             target.replace_source_output(shared)
+        # The folds may read the batch size off the input's shape: the same input for all.
+        (own_wave,) = model.get_parameters()
+        for target in list(own_wave.output(0).get_target_inputs()):
+            target.replace_source_output(wave.output(0))
         outputs.append(model.get_results()[0].input_value(0))
     if len(outputs) == 1:
         return models[0], infos
@@ -401,30 +406,35 @@ class ExportedEnsemble:
 
     ``threads`` sets ``INFERENCE_NUM_THREADS``; ``precision`` ("f32" or "bf16") sets
     ``INFERENCE_PRECISION_HINT`` (default: the device's, bf16 on CPUs that have it).
-    ``PERFORMANCE_HINT`` is LATENCY: one batch at a time, all threads on it.
+    ``streams`` = 1 (PERFORMANCE_HINT LATENCY): one batch at a time, all threads on it.
+    ``streams`` > 1: that many OpenVINO streams share the threads, and each call's windows are
+    split into ``streams`` parts run at once (fewer threads per part synchronise less).
     """
 
-    def __init__(self, folders: list[Path], threads: int | None = None, precision: str | None = None) -> None:
+    def __init__(self, folders: list[Path], threads: int | None = None, precision: str | None = None,
+                 streams: int = 1) -> None:
         import openvino as ov
 
         if precision not in (None, "f32", "bf16"):
             raise ValueError(f"precision {precision!r}: use 'f32', 'bf16' or None (device default).")
         if not folders:
             raise ValueError("ExportedEnsemble needs at least one exported family folder.")
+        if streams < 1:
+            raise ValueError(f"streams {streams}: must be at least 1.")
         self.folders = [Path(folder) for folder in folders]
         model, self.infos = join_families(self.folders)
         self.info = self.infos[0]
         self.classes: list[str] = list(self.info["classes"])
         self.window_samples: int = int(self.info["window_samples"])
         self.sample_rate: int = int(self.info["sample_rate"])
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        config = {"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {"NUM_STREAMS": int(streams)}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.precision = precision_name(self.compiled)
-        self._request = self.compiled.create_infer_request()
+        self._requests = [self.compiled.create_infer_request() for _ in range(streams)]
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         windows = np.ascontiguousarray(windows, dtype=np.float32)
@@ -432,14 +442,24 @@ class ExportedEnsemble:
             raise ValueError(f"windows of shape {windows.shape}: expected (n, {self.window_samples}).")
         if windows.shape[0] == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        self._request.infer({0: windows})
-        return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        parts = [part for part in np.array_split(windows, len(self._requests)) if len(part)]
+        requests = self._requests[:len(parts)]
+        if len(parts) == 1:
+            requests[0].infer({0: parts[0]})
+        else:
+            for request, part in zip(requests, parts):
+                request.start_async({0: part})
+            for request in requests:
+                request.wait()
+        return np.concatenate([np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+                               for request in requests])
 
 
 class ExportedFamily(ExportedEnsemble):
     """One exported family (``export_family``'s folder) compiled by OpenVINO on the CPU:
     (n, samples) float32 windows -> (n, K) fold-mean probabilities, classes from export.json."""
 
-    def __init__(self, folder: Path, threads: int | None = None, precision: str | None = None) -> None:
-        super().__init__([Path(folder)], threads=threads, precision=precision)
+    def __init__(self, folder: Path, threads: int | None = None, precision: str | None = None,
+                 streams: int = 1) -> None:
+        super().__init__([Path(folder)], threads=threads, precision=precision, streams=streams)
         self.folder = self.folders[0]

@@ -6,6 +6,8 @@ inference use attention-pooled per-frame probabilities; the two differ (spec §8
 
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple
 
 import torch
@@ -62,6 +64,9 @@ class AttentionHead(nn.Module):
         self.hidden_dropout = nn.Dropout(hidden_dropout)
         self.attention = nn.Conv1d(hidden, num_classes, kernel_size=1)
         self.classifier = nn.Conv1d(hidden, num_classes, kernel_size=1)
+        # Start every class at the prior 1/K instead of 0.5 (RetinaNet's prior init): the
+        # first epochs then learn the calls, not the fact that most classes are absent.
+        nn.init.constant_(self.classifier.bias, -math.log(max(num_classes - 1, 1)))
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         """(B, C, F, T) -> HeadOutput((B, K), (B, K), (B, K, T), (B, K, T))."""

@@ -1,0 +1,276 @@
+"""Inference speed of one 60-s soundscape: PyTorch eager against ONNX Runtime and OpenVINO.
+
+One soundscape is 12 windows of 5 s at 32 kHz, run as one batch of 12 on 2 threads. For each
+backbone the SAME random-weight 5-fold ensemble (BatchNorm statistics re-estimated on
+bird-like input, so activations are realistic) is exported with ``birdclef.export`` (one graph,
+mel inside, fp16 IR) and timed in PyTorch eager, ONNX Runtime, and OpenVINO at its default
+precision and at f32. Then the two-family ensemble: the seed-equivalent path (one OpenVINO
+graph per family, run one after the other, default precision) against the project's
+candidates. Every runtime runs in this one process, in alternating order, after warm-up
+runs; the numbers are medians. Error = max |probability - PyTorch eager fp32|.
+
+    python benchmarks/inference.py                  # eca_nfnet_l0 + tf_efficientnetv2_s.in21k, 5 folds
+    python benchmarks/inference.py --quick          # small backbones, 2 folds: a smoke test
+    python benchmarks/inference.py --backbones eca_nfnet_l0 --folds 3 --repeats 7
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+SEED_BACKBONES = ["eca_nfnet_l0", "tf_efficientnetv2_s.in21k"]
+QUICK_BACKBONES = ["mobilenetv3_small_050", "lcnet_050"]
+WINDOWS, SAMPLES, RATE = 12, 160_000, 32_000
+
+
+def realistic_random_model(backbone: str, classes: int, seed: int):
+    """A random-weight BirdClassifier whose probabilities spread over (0, 1) on bird-like input.
+
+    With the random BatchNorm statistics (mean 0, var 1) activations blow up and the outputs
+    saturate; they are re-estimated on synthetic windows, and the classifier is scaled to frame
+    logits of standard deviation ~2, so error numbers mean something.
+    """
+    import torch
+    from torch import nn
+
+    from birdclef.export import parity_windows
+    from birdclef.model import BirdClassifier
+
+    torch.manual_seed(seed)
+    model = BirdClassifier(backbone, classes)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    windows = torch.from_numpy(parity_windows(8, SAMPLES, RATE, seed=500 + seed))
+    with torch.no_grad():
+        if norms:
+            model.train()
+            for batch in windows.split(4):
+                model(batch)
+        model.eval()
+        logits = model(windows).frame_logits
+        model.head.classifier.weight.mul_(2.0 / logits.std())
+    return model
+
+
+def save_family(models: list, root: Path, family: str, backbone: str, classes: list[str]) -> None:
+    """The train stage's format: models/<family>/fold<k>/{model.pt, meta.json}."""
+    import torch
+
+    for fold, model in enumerate(models):
+        folder = root / family / f"fold{fold}"
+        folder.mkdir(parents=True)
+        torch.save(model.state_dict(), folder / "model.pt")
+        meta = {"family": family, "fold": fold, "backbone": backbone, "classes": classes,
+                "hidden": model.head.dense.out_features, "val_auc": 0.5, "best_epoch": 0}
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def time_runners(runners: dict, windows: np.ndarray, repeats: int, warmup: int,
+                 settle: float) -> dict[str, list[float]]:
+    """Seconds per call of each runner: warm-up calls, then ``repeats`` rounds in alternating order.
+
+    ``settle`` seconds of sleep before each timed call let the previous runtime's worker
+    threads stop spinning (ONNX Runtime's and OpenMP's spin after a call), so that no runtime
+    is charged for the one before it.
+    """
+    names = list(runners)
+    for _ in range(warmup):
+        for name in names:
+            runners[name](windows)
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in (names if repeat % 2 == 0 else names[::-1]):
+            time.sleep(settle)
+            start = time.perf_counter()
+            runners[name](windows)
+            timings[name].append(time.perf_counter() - start)
+    return timings
+
+
+def build_and_export(backbone: str, family: str, folds: int, classes: int, work: Path) -> dict:
+    """Random models in the train format under work/models/<family>, exported to
+    work/export/<family>; reused when ``work`` already holds the same export (``--work``)."""
+    previous = work / "export" / family / "export.json"
+    info = json.loads(previous.read_text()) if previous.is_file() else {}
+    if (info.get("backbone"), info.get("folds"), len(info.get("classes", []))) == (backbone, list(range(folds)), classes):
+        return info | {"build_s": None, "export_s": None}
+    from birdclef.export import export_family
+
+    shutil.rmtree(work / "models" / family, ignore_errors=True)
+    start = time.perf_counter()
+    index = int(family[1:])
+    models = [realistic_random_model(backbone, classes, seed=100 * index + fold) for fold in range(folds)]
+    save_family(models, work / "models", family, backbone, [f"species{k:03d}" for k in range(classes)])
+    del models
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    info = export_family(work / "models", family, list(range(folds)), work / "export" / family, SAMPLES)
+    return info | {"build_s": built, "export_s": time.perf_counter() - start}
+
+
+def measure(runners: dict, reference: np.ndarray, windows: np.ndarray, repeats: int, warmup: int,
+            settle: float) -> dict[str, tuple[float, float]]:
+    """name -> (median seconds per call, max |output - reference|)."""
+    errors = {name: float(np.abs(run(windows) - reference).max()) for name, run in runners.items()}
+    timings = time_runners(runners, windows, repeats, warmup, settle)
+    return {name: (statistics.median(timings[name]), errors[name]) for name in runners}
+
+
+def main(
+    backbones: list[str] = typer.Option(None, help="timm backbones, one family each (default: the seed's two)."),
+    folds: int = typer.Option(5, help="Folds per family."),
+    repeats: int = typer.Option(5, help="Timed rounds; medians are reported."),
+    warmup: int = typer.Option(1, help="Untimed calls per runner first (besides one call for the error)."),
+    threads: int = typer.Option(2, help="Threads of every runtime."),
+    settle: float = typer.Option(0.2, help="Seconds of sleep before each timed call (lets threads go idle)."),
+    quick: bool = typer.Option(False, help="Small backbones, 2 folds, 2 rounds: a < 1 min smoke test."),
+    classes: int = typer.Option(206, help="Output classes."),
+    work: Path = typer.Option(None, help="Keep models and exports here and reuse them on the next run "
+                                         "(default: a temporary folder, deleted)."),
+) -> None:
+    wall = time.perf_counter()
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+
+    from birdclef.export import ExportedEnsemble, ExportedFamily, FoldEnsemble, load_fold_models, parity_windows
+
+    if quick:
+        backbones, folds, repeats, warmup, settle = backbones or QUICK_BACKBONES, 2, 2, 0, 0.05
+    backbones = backbones or SEED_BACKBONES
+    soundscape = parity_windows(WINDOWS, SAMPLES, RATE, seed=99)  # 12 windows, like one 60-s file
+    soundscape[np.random.default_rng(7).choice(WINDOWS, 3, replace=False)] *= 0.05  # some quiet ones
+    load_before = os.getloadavg()[0]
+    keep = work is not None
+    work = Path(work) if keep else Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    families = [f"f{index}" for index in range(len(backbones))]
+    folders = [work / "export" / family for family in families]
+    results, exports, references = {}, {}, {}
+    try:
+        # Building and exporting run PyTorch on one thread: on a busy machine two OpenMP
+        # threads wait for each other (a 20x slowdown was seen); the timed runs use ``threads``.
+        torch.set_num_threads(1)
+        print(f"{len(backbones)} families x {folds} folds, {classes} classes, random weights; building and "
+              "exporting ...", flush=True)
+        for backbone, family in zip(backbones, families):
+            exports[backbone] = build_and_export(backbone, family, folds, classes, work)
+            info = exports[backbone]
+            done = "reused" if info["export_s"] is None else f"build {info['build_s']:.0f} s, export {info['export_s']:.0f} s"
+            print(f"  {backbone}: {done}", flush=True)
+
+        torch.set_num_threads(threads)
+        # Phase 1, one family at a time (bounds memory): the same ensemble in four runtimes.
+        for backbone, family, folder in zip(backbones, families, folders):
+            models, _ = load_fold_models(work / "models" / family, list(range(folds)))
+            ensemble = FoldEnsemble(models).eval()
+
+            def eager(x, ensemble=ensemble):
+                with torch.no_grad():
+                    return ensemble(torch.from_numpy(x)).numpy()
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+            runners = {"eager": eager,
+                       "onnxruntime": lambda x, session=session: session.run(None, {"wave": x})[0],
+                       "openvino_default": ExportedFamily(folder, threads=threads),
+                       "openvino_f32": ExportedFamily(folder, threads=threads, precision="f32")}
+            references[backbone] = eager(soundscape)
+            results[backbone] = measure(runners, references[backbone], soundscape, repeats, warmup, settle)
+            precision = runners["openvino_default"].precision
+            del runners, session, ensemble, models, eager
+
+        # Phase 2: the whole ensemble (family average), OpenVINO at its default precision.
+        if len(backbones) >= 2:
+            seed_graphs = [ExportedFamily(folder, threads=threads) for folder in folders]
+            singles = [ov.Core().compile_model(str(folder / "model.xml"), "CPU",
+                                               {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+                       for folder in folders]
+            requests = [model.create_infer_request() for model in singles]
+
+            def seed_equivalent(x):
+                return np.mean([graph(x) for graph in seed_graphs], axis=0)
+
+            def families_at_once(x):
+                for request in requests:
+                    request.start_async({0: x})
+                for request in requests:
+                    request.wait()
+                return np.mean([request.get_output_tensor(0).data for request in requests], axis=0)
+
+            runners = {
+                "seed-equivalent: one graph per family (mel in each), one after the other": seed_equivalent,
+                "ExportedEnsemble: one graph, mel once, all families": ExportedEnsemble(folders, threads=threads),
+                f"ExportedEnsemble, {threads} streams x 1 thread, windows split": ExportedEnsemble(
+                    folders, threads=threads, streams=threads),
+                "family graphs run at once (async), 1 thread each": families_at_once,
+            }
+            average = np.mean(list(references.values()), axis=0)
+            results["ensemble"] = measure(runners, average, soundscape, repeats, warmup, settle)
+            joined_f32 = ExportedEnsemble(folders, threads=threads, precision="f32")
+            joined_f32_error = float(np.abs(joined_f32(soundscape) - average).max())
+            del runners, seed_graphs, singles, requests, joined_f32
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nseconds per 60-s soundscape (12 x 5-s windows, batch 12), {threads} threads, median of {repeats} "
+          f"rounds after {warmup} warm-up; each group's runtimes run in this one process, order alternating; "
+          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    columns = [("onnxruntime", "ORT"), ("openvino_default", f"OV {precision} (default)"), ("openvino_f32", "OV f32")]
+    print(f"{'backbone (' + str(folds) + ' folds, 1 graph)':<30}{'eager':>8}" + "".join(f"{title:>22}" for _, title in columns))
+    for backbone in backbones:
+        eager = results[backbone]["eager"][0]
+        cells = "".join(f"{f'{results[backbone][name][0]:.3f} ({results[backbone][name][0] / eager:.2f}x)':>22}"
+                        for name, _ in columns)
+        print(f"{backbone:<30}{eager:>8.3f}{cells}")
+        print(f"{'  max |error| vs eager':<38}" + "".join(f"{results[backbone][name][1]:>22.1e}" for name, _ in columns))
+    for backbone in backbones:
+        info = exports[backbone]
+        parity = info["parity"]
+        took = "" if info["export_s"] is None else f"{info['export_s']:.0f} s, "
+        print(f"export {backbone}: {took}opset {info['opset']}, onnx {info['bytes']['model.onnx'] / 1e6:.0f} MB, "
+              f"IR bin {info['bytes']['model.bin'] / 1e6:.0f} MB; parity (4 windows, max |err|): "
+              f"ORT {parity['onnxruntime']:.1e}, OV f32 uncompressed {parity['openvino_f32_uncompressed']:.1e}, "
+              f"OV f32 fp16-IR {parity['openvino_f32']:.1e}, OV {parity['openvino_default_precision']} "
+              f"{parity['openvino_default']:.1e}; fp32 rounding {parity['pytorch_fp32_rounding']:.1e}")
+
+    if "ensemble" in results:
+        ensemble = results["ensemble"]
+        names = list(ensemble)
+        seed_time, seed_error = ensemble[names[0]]
+        summed = sum(results[backbone]["openvino_default"][0] for backbone in backbones)
+        print(f"\nensemble of {len(backbones)} families x {folds} folds (family average), OpenVINO {precision}; "
+              "error vs the eager family average")
+        print(f"  seed-equivalent ensemble = sum of the families' OV {precision} times above: {summed:.3f} s")
+        for name in names:
+            value, error = ensemble[name]
+            print(f"  {name:<72}{value:>7.3f} s {seed_time / value:>6.2f}x  err {error:.1e}")
+        print(f"  (ExportedEnsemble at f32: err {joined_f32_error:.1e}: the joined graph computes the right thing)")
+        faster = [name for name in names[1:] if ensemble[name][0] < seed_time and ensemble[name][1] <= 1.5 * seed_error]
+        if not faster:
+            print("  project ensemble: nothing measured here beats the seed-equivalent path; keep it.")
+        else:
+            best = min(faster, key=lambda name: ensemble[name][0])
+            print(f"  project ensemble = {best}: {ensemble[best][0]:.3f} s per soundscape, "
+                  f"{seed_time / ensemble[best][0]:.2f}x the seed-equivalent speed")
+    print(f"\ntotal {time.perf_counter() - wall:.0f} s")
+
+
+if __name__ == "__main__":
+    typer.run(main)
