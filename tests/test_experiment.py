@@ -1,0 +1,95 @@
+"""`experiment=birdclef2025` composes every value of the seed's selected recipe (spec §2)."""
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+SEED_RECIPE = {  # key path -> the seed's value (reference/seed-spec.md §2.1, §2.2, §2.4, §2.6, §2.7)
+    "data.source": "birdclef2025",
+    "seed": 1243,
+    "loss": "focal_bce",
+    "families": ["eca", "ebs"],
+    "folds": [0, 1, 2, 3, 4],
+    "audio.sample_rate": 32000,
+    "audio.window_seconds": 5.0,
+    "prepare.n_folds": 5,
+    "prepare.split_seed": 42,
+    "prepare.rare_max_recordings": 10,
+    "family.eca.backbone": "eca_nfnet_l0",
+    "family.eca.optimizer": "radam",
+    "family.eca.lr": 1.0e-3,
+    "family.eca.weight_decay": 0.0,
+    "family.eca.sampler": "sqrt",
+    "family.eca.split": "allbirds",
+    "family.eca.oversample": True,
+    "family.ebs.backbone": "tf_efficientnetv2_s.in21k",
+    "family.ebs.optimizer": "adamw",
+    "family.ebs.lr": 1.0e-4,
+    "family.ebs.weight_decay": 0.01,
+    "family.ebs.sampler": "balanced",
+    "family.ebs.split": "rare_noleak",
+    "family.ebs.oversample": False,
+    "train.epochs": 50,
+    "train.batch_size": 64,
+    "train.precision": "32-true",
+    "train.min_lr": 1.0e-6,
+    "train.label_smoothing": 0.05,
+    "train.hidden": 512,
+    "train.augment.mixup_p": 0.5,
+    "train.augment.background_p": 0.5,
+    "train.augment.background_weight": [0.25, 0.75],
+    "train.augment.filtering_bands": 4,
+    "train.augment.filtering_min_db": -20.0,
+    "train.augment.spec_freq_width": 10,
+    "train.augment.spec_time_width": 20,
+    "train.augment.spec_max_masks": 3,
+    "train.augment.spec_p": 0.3,
+    "pseudo.min_primary_prob": 0.5,
+    "pseudo.trim_prob": 0.1,
+    "pseudo.swap_p": 0.4,
+    "infer.top_n": 1,
+    "prepare.oversample.turvul": 96,
+    "prepare.oversample.rufmot1": 10,
+}
+ESC50_CATEGORIES = ["dog", "rain", "insects", "hen", "engine", "hand_saw", "pig", "rooster", "sea_waves", "cat",
+                    "crackling_fire", "thunderstorm", "chainsaw", "train", "sheep", "wind", "footsteps", "frog",
+                    "cow", "crickets"]
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory):
+    from dvc.utils.hydra import compose_and_dump
+
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    compose_and_dump(path, str(REPO / "conf"), None, "config", str(REPO), ["experiment=birdclef2025"])
+    return yaml.safe_load(path.read_text())
+
+
+def value(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params[part]
+    return params
+
+
+@pytest.mark.parametrize("key", sorted(SEED_RECIPE))
+def test_recipe_value(composed, key):
+    assert value(composed, key) == SEED_RECIPE[key], key
+
+
+def test_oversampling_table_is_the_seeds(composed):
+    table = composed["prepare"]["oversample"]
+    assert len(table) == 59 and sum(table.values()) == 2751
+
+
+def test_background_categories_are_the_seeds_esc50_subset(composed):
+    assert sorted(composed["train"]["augment"]["background_categories"]) == sorted(ESC50_CATEGORIES)
+
+
+def test_composition_validates_against_the_schema(composed, tmp_path):
+    from birdclef.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(composed))
+    params = load_params(path)
+    assert params.data.sample is None and params.family["eca"].backbone == "eca_nfnet_l0"
