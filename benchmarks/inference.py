@@ -6,8 +6,10 @@ bird-like input, so activations are realistic) is exported with ``birdclef.expor
 mel inside, fp16 IR) and timed in PyTorch eager, ONNX Runtime, and OpenVINO at its default
 precision and at f32. Then the two-family ensemble: the seed-equivalent path (one OpenVINO
 graph per family, run one after the other, default precision) against the project's
-candidates. Every runtime runs in this one process, in alternating order, after warm-up
-runs; the numbers are medians. Error = max |probability - PyTorch eager fp32|.
+candidates. Each group (a backbone's four runtimes; the ensemble's candidates) runs in a
+child process of its own (memory), its runtimes side by side in that one process, in
+alternating order, after warm-up runs; the numbers are medians. Error = max |probability -
+PyTorch eager fp32|. Models and exports can be kept and reused with ``--work DIR``.
 
     python benchmarks/inference.py                  # eca_nfnet_l0 + tf_efficientnetv2_s.in21k, 5 folds
     python benchmarks/inference.py --quick          # small backbones, 2 folds: a smoke test
@@ -17,17 +19,26 @@ runs; the numbers are medians. Error = max |probability - PyTorch eager fp32|.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import typer
+# PyTorch's OpenMP threads wait for each other actively by default; on a machine whose cores
+# other jobs also use, a 2-thread forward pass then took 2.7 s instead of 0.04 s (measured
+# here). Passive waiting gives the core back at once. Set before torch is imported (children
+# inherit it); an explicit OMP_WAIT_POLICY in the environment wins. ONNX Runtime gets the
+# same (no spinning); OpenVINO's TBB threads need no setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import typer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -109,8 +120,13 @@ def build_and_export(backbone: str, family: str, folds: int, classes: int, work:
     info = json.loads(previous.read_text()) if previous.is_file() else {}
     if (info.get("backbone"), info.get("folds"), len(info.get("classes", []))) == (backbone, list(range(folds)), classes):
         return info | {"build_s": None, "export_s": None}
+    import torch
+
     from birdclef.export import export_family
 
+    # One PyTorch thread: on a busy machine two OpenMP threads wait for each other (a 20x
+    # slowdown was seen). Only the timed runs use ``--threads``.
+    torch.set_num_threads(1)
     shutil.rmtree(work / "models" / family, ignore_errors=True)
     start = time.perf_counter()
     index = int(family[1:])
@@ -120,7 +136,7 @@ def build_and_export(backbone: str, family: str, folds: int, classes: int, work:
     built = time.perf_counter() - start
     start = time.perf_counter()
     info = export_family(work / "models", family, list(range(folds)), work / "export" / family, SAMPLES)
-    return info | {"build_s": built, "export_s": time.perf_counter() - start}
+    return info | {"build_s": built, "export_s": time.perf_counter() - start, "memory_gb": peak_memory_gb()}
 
 
 def measure(runners: dict, reference: np.ndarray, windows: np.ndarray, repeats: int, warmup: int,
@@ -129,6 +145,100 @@ def measure(runners: dict, reference: np.ndarray, windows: np.ndarray, repeats: 
     errors = {name: float(np.abs(run(windows) - reference).max()) for name, run in runners.items()}
     timings = time_runners(runners, windows, repeats, warmup, settle)
     return {name: (statistics.median(timings[name]), errors[name]) for name in runners}
+
+
+def in_child(isolate: bool, function, *args):
+    """``function(*args)``, in a fresh child process when ``isolate`` (its memory is returned
+    when it ends), else here."""
+    if not isolate:
+        return function(*args)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def cached(path: Path, settings: dict, compute):
+    """``compute()``'s result, kept as JSON at ``path`` (only with ``--work``, where a killed
+    run can then resume group by group); reused when it was made with the same settings."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == settings:
+            return saved["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    serialisable = json.loads(json.dumps(result, default=lambda value: np.asarray(value).tolist()))
+    path.write_text(json.dumps({"settings": settings, "result": serialisable}))
+    return serialisable
+
+
+def peak_memory_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def family_group(models: Path, folder: Path, folds: int, soundscape: np.ndarray, threads: int, repeats: int,
+                 warmup: int, settle: float):
+    """One family's ensemble in PyTorch eager, ONNX Runtime and OpenVINO (default, f32)."""
+    import onnxruntime as ort
+    import torch
+
+    from birdclef.export import ExportedFamily, FoldEnsemble, load_fold_models
+
+    torch.set_num_threads(threads)
+    loaded, _ = load_fold_models(models, list(range(folds)))
+    ensemble = FoldEnsemble(loaded).eval()
+
+    def eager(x):
+        with torch.no_grad():
+            return ensemble(torch.from_numpy(x)).numpy()
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # like OMP_WAIT_POLICY=PASSIVE for PyTorch: no busy-waiting threads on a shared machine
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    default = ExportedFamily(folder, threads=threads)
+    runners = {"eager": eager,
+               "onnxruntime": lambda x: session.run(None, {"wave": x})[0],
+               "openvino_default": default,
+               "openvino_f32": ExportedFamily(folder, threads=threads, precision="f32")}
+    reference = eager(soundscape)
+    return (measure(runners, reference, soundscape, repeats, warmup, settle), reference, default.precision,
+            peak_memory_gb())
+
+
+def ensemble_group(folders: list[Path], soundscape: np.ndarray, average: np.ndarray, threads: int, repeats: int,
+                   warmup: int, settle: float):
+    """The whole ensemble (family average) by the seed-equivalent path and the candidates."""
+    import openvino as ov
+
+    from birdclef.export import ExportedEnsemble, ExportedFamily
+
+    seed_graphs = [ExportedFamily(folder, threads=threads) for folder in folders]
+    singles = [ov.Core().compile_model(str(folder / "model.xml"), "CPU",
+                                       {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+               for folder in folders]
+    requests = [model.create_infer_request() for model in singles]
+
+    def seed_equivalent(x):
+        return np.mean([graph(x) for graph in seed_graphs], axis=0)
+
+    def families_at_once(x):
+        for request in requests:
+            request.start_async({0: x})
+        for request in requests:
+            request.wait()
+        return np.mean([request.get_output_tensor(0).data for request in requests], axis=0)
+
+    runners = {
+        "seed-equivalent: one graph per family (mel in each), one after the other": seed_equivalent,
+        "ExportedEnsemble: one graph, mel once, all families": ExportedEnsemble(folders, threads=threads),
+        f"ExportedEnsemble, {threads} streams x 1 thread, windows split": ExportedEnsemble(
+            folders, threads=threads, streams=threads),
+        "family graphs run at once (async), 1 thread each": families_at_once,
+    }
+    results = measure(runners, average, soundscape, repeats, warmup, settle)
+    del runners, seed_graphs, singles, requests
+    joined_f32 = ExportedEnsemble(folders, threads=threads, precision="f32")
+    return results, float(np.abs(joined_f32(soundscape) - average).max()), peak_memory_gb()
 
 
 def main(
@@ -144,11 +254,7 @@ def main(
                                          "(default: a temporary folder, deleted)."),
 ) -> None:
     wall = time.perf_counter()
-    import onnxruntime as ort
-    import openvino as ov
-    import torch
-
-    from birdclef.export import ExportedEnsemble, ExportedFamily, FoldEnsemble, load_fold_models, parity_windows
+    from birdclef.export import parity_windows
 
     if quick:
         backbones, folds, repeats, warmup, settle = backbones or QUICK_BACKBONES, 2, 2, 0, 0.05
@@ -160,77 +266,42 @@ def main(
     work = Path(work) if keep else Path(tempfile.mkdtemp(prefix="bench-inference-"))
     families = [f"f{index}" for index in range(len(backbones))]
     folders = [work / "export" / family for family in families]
-    results, exports, references = {}, {}, {}
+    results, exports, references, memory = {}, {}, {}, {}
     try:
-        # Building and exporting run PyTorch on one thread: on a busy machine two OpenMP
-        # threads wait for each other (a 20x slowdown was seen); the timed runs use ``threads``.
-        torch.set_num_threads(1)
         print(f"{len(backbones)} families x {folds} folds, {classes} classes, random weights; building and "
               "exporting ...", flush=True)
+        isolate = not quick  # small models: no need for child processes (each costs ~5 s of imports)
         for backbone, family in zip(backbones, families):
-            exports[backbone] = build_and_export(backbone, family, folds, classes, work)
-            info = exports[backbone]
-            done = "reused" if info["export_s"] is None else f"build {info['build_s']:.0f} s, export {info['export_s']:.0f} s"
+            exports[backbone] = info = in_child(isolate, build_and_export, backbone, family, folds, classes, work)
+            done = "reused" if info["export_s"] is None else (f"build {info['build_s']:.0f} s, export "
+                                                            f"{info['export_s']:.0f} s, peak {info['memory_gb']:.1f} GB")
             print(f"  {backbone}: {done}", flush=True)
+        print("timing ...", flush=True)
 
-        torch.set_num_threads(threads)
-        # Phase 1, one family at a time (bounds memory): the same ensemble in four runtimes.
+        # Each group runs in a child process of its own, so that its memory (PyTorch, ONNX
+        # Runtime and OpenVINO copies of 5 folds) is returned before the next group starts.
+        settings = {"threads": threads, "repeats": repeats, "warmup": warmup, "settle": settle,
+                    "backbones": backbones, "folds": folds, "classes": classes}
         for backbone, family, folder in zip(backbones, families, folders):
-            models, _ = load_fold_models(work / "models" / family, list(range(folds)))
-            ensemble = FoldEnsemble(models).eval()
-
-            def eager(x, ensemble=ensemble):
-                with torch.no_grad():
-                    return ensemble(torch.from_numpy(x)).numpy()
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-            runners = {"eager": eager,
-                       "onnxruntime": lambda x, session=session: session.run(None, {"wave": x})[0],
-                       "openvino_default": ExportedFamily(folder, threads=threads),
-                       "openvino_f32": ExportedFamily(folder, threads=threads, precision="f32")}
-            references[backbone] = eager(soundscape)
-            results[backbone] = measure(runners, references[backbone], soundscape, repeats, warmup, settle)
-            precision = runners["openvino_default"].precision
-            del runners, session, ensemble, models, eager
-
-        # Phase 2: the whole ensemble (family average), OpenVINO at its default precision.
+            results[backbone], references[backbone], precision, memory[backbone] = cached(
+                work / "results" / f"{family}.json", settings, lambda: in_child(
+                    isolate, family_group, work / "models" / family, folder, folds, soundscape, threads, repeats,
+                    warmup, settle))
+            references[backbone] = np.asarray(references[backbone])
         if len(backbones) >= 2:
-            seed_graphs = [ExportedFamily(folder, threads=threads) for folder in folders]
-            singles = [ov.Core().compile_model(str(folder / "model.xml"), "CPU",
-                                               {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
-                       for folder in folders]
-            requests = [model.create_infer_request() for model in singles]
-
-            def seed_equivalent(x):
-                return np.mean([graph(x) for graph in seed_graphs], axis=0)
-
-            def families_at_once(x):
-                for request in requests:
-                    request.start_async({0: x})
-                for request in requests:
-                    request.wait()
-                return np.mean([request.get_output_tensor(0).data for request in requests], axis=0)
-
-            runners = {
-                "seed-equivalent: one graph per family (mel in each), one after the other": seed_equivalent,
-                "ExportedEnsemble: one graph, mel once, all families": ExportedEnsemble(folders, threads=threads),
-                f"ExportedEnsemble, {threads} streams x 1 thread, windows split": ExportedEnsemble(
-                    folders, threads=threads, streams=threads),
-                "family graphs run at once (async), 1 thread each": families_at_once,
-            }
             average = np.mean(list(references.values()), axis=0)
-            results["ensemble"] = measure(runners, average, soundscape, repeats, warmup, settle)
-            joined_f32 = ExportedEnsemble(folders, threads=threads, precision="f32")
-            joined_f32_error = float(np.abs(joined_f32(soundscape) - average).max())
-            del runners, seed_graphs, singles, requests, joined_f32
+            results["ensemble"], joined_f32_error, memory["ensemble"] = cached(
+                work / "results" / "ensemble.json", settings, lambda: in_child(
+                    isolate, ensemble_group, folders, soundscape, average, threads, repeats, warmup, settle))
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nseconds per 60-s soundscape (12 x 5-s windows, batch 12), {threads} threads, median of {repeats} "
-          f"rounds after {warmup} warm-up; each group's runtimes run in this one process, order alternating; "
+          f"rounds after {warmup} warm-up; "
+          + ("each group (table row / ensemble) in a child process of its own, its runtimes side by side in that "
+             "process" if not quick else "all in this one process") + ", order alternating; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     columns = [("onnxruntime", "ORT"), ("openvino_default", f"OV {precision} (default)"), ("openvino_f32", "OV f32")]
     print(f"{'backbone (' + str(folds) + ' folds, 1 graph)':<30}{'eager':>8}" + "".join(f"{title:>22}" for _, title in columns))
@@ -269,6 +340,7 @@ def main(
             best = min(faster, key=lambda name: ensemble[name][0])
             print(f"  project ensemble = {best}: {ensemble[best][0]:.3f} s per soundscape, "
                   f"{seed_time / ensemble[best][0]:.2f}x the seed-equivalent speed")
+    print("peak memory per group (GB): " + ", ".join(f"{name} {value:.1f}" for name, value in memory.items()))
     print(f"\ntotal {time.perf_counter() - wall:.0f} s")
 
 

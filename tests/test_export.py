@@ -241,6 +241,10 @@ def test_exported_family_runtime(exported):
     assert probs.shape == (5, len(CLASSES)) and probs.dtype == np.float32
     assert np.all((probs >= 0) & (probs <= 1))
     assert family(np.zeros((0, SAMPLES), np.float32)).shape == (0, len(CLASSES))
+    # two streams split the windows between two requests run at once: the same numbers
+    streamed = ExportedFamily(out, threads=2, streams=2, precision=family.precision)
+    np.testing.assert_allclose(streamed(new_windows(5, seed=3)), probs, atol=1e-6, rtol=0)
+    assert streamed(new_windows(1, seed=3)).shape == (1, len(CLASSES))
     with pytest.raises(ValueError, match="expected"):
         family(np.zeros((2, 1000), np.float32))
 
