@@ -3,15 +3,19 @@
 For each real backbone: samples/s of training steps (RandomFiltering, mel front end,
 SpecAugment, focal+BCE, RAdam; fp32 with TF32 matmuls) fed (a) by random tensors already on
 the GPU and (b) by the real DataLoader over a sharded HDF5 store (random 5-s crops, label
-smoothing, mixup 0.5, peak normalisation; ``--workers`` processes). The ratio b/a says
-whether the loader keeps the GPU busy (goal >= 90 %). The store is synthetic (random audio
-at the real rate and dtype), written first into ``--work``.
+smoothing, mixup 0.5, peak normalisation), for each worker count in ``--workers`` and each
+wave dtype the workers hand over in ``--wave-dtypes``. The ratio b/a says whether the loader
+keeps the GPU busy (goal >= 90 %). "loader alone" is the DataLoader iterated with no GPU
+work: what it could deliver. The store is synthetic (random audio at the real rate and
+dtype), written first into ``--work``.
 
-    python benchmarks/gpu_training.py --workers 12 --steps 40
+    python benchmarks/gpu_training.py --workers 8,14 --wave-dtypes float32,float16 --steps 80
+    python benchmarks/gpu_training.py --workers 15 --main-threads 0,1,4 --pin-memory true,false
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -26,7 +30,7 @@ def synthetic_store(root: Path, recordings: int, seconds: float, classes: list[s
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    rows, keys = [], []
+    rows = []
     writer = ShardWriter(root / "train_audio-000.h5", 32000, "float16", "synthetic")
     for number in range(recordings):
         label = classes[number % len(classes)]
@@ -55,7 +59,11 @@ def main(
     work: Path = typer.Option(Path("/tmp/gpu-bench"), help="Where to write the synthetic store."),
     backbones: str = typer.Option("eca_nfnet_l0,tf_efficientnetv2_s.in21k"),
     batch: int = typer.Option(64),
-    workers: int = typer.Option(12),
+    workers: str = typer.Option("12", help="Comma-separated DataLoader worker counts."),
+    wave_dtypes: str = typer.Option("float16", help="Comma-separated dtypes the workers emit."),
+    main_threads: str = typer.Option("0", help="Comma-separated torch thread counts of the main process "
+                                     "(0: torch's default, one per core)."),
+    pin_memory: str = typer.Option("true", help="Comma-separated DataLoader pin_memory settings."),
     steps: int = typer.Option(40),
     recordings: int = typer.Option(600),
 ) -> None:
@@ -67,13 +75,13 @@ def main(
     from birdclef.losses import build_loss
     from birdclef.model import BirdClassifier
 
+    default_threads = torch.get_num_threads()
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     device = torch.device("cuda")
     classes = [f"sp{i:03d}" for i in range(206)]
     table = synthetic_store(work, recordings, 30.0, classes)
-    windows = TrainingWindows(work, table, list(range(len(table))), classes, 160000, 0.05, 0.5)
-    print(f"device: {torch.cuda.get_device_name()}, batch {batch}, {workers} workers, {steps} steps")
+    print(f"device: {torch.cuda.get_device_name()}, batch {batch}, {steps} steps")
     for name in backbones.split(","):
         model = BirdClassifier(name, len(classes), spec_augment=SpecAugment()).to(device).train()
         filtering = RandomFiltering().to(device).train()
@@ -81,7 +89,7 @@ def main(
         optimizer = torch.optim.RAdam(model.parameters(), lr=1e-3)
 
         def step(wave, target):
-            wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            wave, target = wave.to(device, non_blocking=True).float(), target.to(device, non_blocking=True)
             loss = loss_fn(model(filtering(wave)).clip_logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -93,16 +101,25 @@ def main(
             while True:
                 yield wave, target
 
-        def loader_batches():
-            loader = DataLoader(windows, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                                pin_memory=True, persistent_workers=True, prefetch_factor=4)
+        def loader_batches(count: int, dtype: str, pin: bool):
+            windows = TrainingWindows(work, table, list(range(len(table))), classes, 160000, 0.05, 0.5,
+                                      wave_dtype=dtype)
+            loader = DataLoader(windows, batch_size=batch, shuffle=True, drop_last=True, num_workers=count,
+                                pin_memory=pin, persistent_workers=True, prefetch_factor=4)
             while True:
                 yield from loader
 
-        alone = steps_per_second(step, random_batches(), steps) * batch
-        fed = steps_per_second(step, loader_batches(), steps) * batch
-        print(f"{name:<28} model alone {alone:7.0f} samples/s   with loader {fed:7.0f} samples/s   "
-              f"ratio {fed / alone:.0%}")
+        print(name)
+        for threads in map(int, main_threads.split(",")):
+            torch.set_num_threads(threads or default_threads)
+            alone = steps_per_second(step, random_batches(), steps) * batch
+            print(f"  main threads {torch.get_num_threads():2d}: model alone {alone:7.0f} samples/s")
+            for count, dtype, pin in itertools.product(map(int, workers.split(",")), wave_dtypes.split(","),
+                                                       [value == "true" for value in pin_memory.split(",")]):
+                delivered = steps_per_second(lambda *_: None, loader_batches(count, dtype, pin), steps) * batch
+                fed = steps_per_second(step, loader_batches(count, dtype, pin), steps) * batch
+                print(f"    {count:2d} workers, {dtype}, pin {pin!s:<5}: loader alone {delivered:7.0f} samples/s"
+                      f"   with loader {fed:7.0f} samples/s   ratio {fed / alone:.0%}")
         del model, optimizer
         torch.cuda.empty_cache()
 

@@ -196,6 +196,7 @@ class AudioStore:
         self.index = frame.set_index("key", drop=False)
         self._rows = {record["key"]: StoredRecording(**record) for record in frame.to_dict("records")}
         self._files: dict[str, object] = {}
+        self._datasets: dict[str, object] = {}
         self._pid = os.getpid()
         self.sample_rate = self._read_sample_rate()
 
@@ -233,21 +234,28 @@ class AudioStore:
         import h5py
 
         if self._pid != os.getpid():  # a forked worker must not share HDF5 handles
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._datasets, self._pid = {}, {}, os.getpid()
         if name not in self._files:
             path = self.root / name
             if not path.is_file():
                 raise StoreError(f"{path}: shard missing; re-run `dvc repro precompute`.")
-            self._files[name] = h5py.File(path, "r")
+            # No chunk cache: random 5-s windows seldom hit a cached chunk again, and 8 MiB per
+            # open shard per DataLoader worker adds up (+209 MB at 24 shards, benchmarks/scale.py).
+            self._files[name] = h5py.File(path, "r", rdcc_nbytes=0)
         return self._files[name]
+
+    def _audio(self, name: str):
+        """The shard's ``audio`` dataset, looked up once (h5py's name lookup costs per read)."""
+        if self._pid != os.getpid() or name not in self._datasets:
+            self._datasets[name] = self._shard(name)["audio"]
+        return self._datasets[name]
 
     def read_samples(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Samples ``[start, stop)`` of a recording, clipped to its length, as float32."""
         row = self._row(key)
         stop = row.length if stop is None else min(int(stop), row.length)
         start = max(0, min(int(start), stop))
-        audio = self._shard(row.shard)["audio"]
-        return audio[row.offset + start: row.offset + stop].astype(np.float32, copy=False)
+        return self._audio(row.shard)[row.offset + start: row.offset + stop].astype(np.float32, copy=False)
 
     def read(self, key: str, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
         """Seconds ``[start_s, end_s)`` of a recording (clipped to its length), as float32."""
@@ -257,9 +265,9 @@ class AudioStore:
     def close(self) -> None:
         for handle in self._files.values():
             handle.close()
-        self._files = {}
+        self._files, self._datasets = {}, {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_files"] = {}
+        state["_files"], state["_datasets"] = {}, {}
         return state
