@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,31 @@ def python() -> str:
     return sys.executable
 
 
+# -S overrides that shrink the sample and the training budget so the pipeline runs in minutes.
+TINY = [
+    "data.sample.species=3", "data.sample.min_recordings=8", "data.sample.max_recordings=12",
+    "data.sample.max_recording_seconds=8", "data.sample.extra_recordings_per_species=1",
+    "data.sample.train_soundscapes=2", "data.sample.test_soundscapes=2",
+    "data.sample.background_clips=2", "data.sample.pretrain_extra_species=1",
+    "data.sample.pretrain_recordings_per_species=3",
+    "prepare.n_folds=2", "folds=[0,1]", "train.epochs=1", "pretrain.epochs=1", "train.num_workers=0",
+]
+
+
+def tool_env(**extra: str) -> dict:
+    """The environment of the venv's command-line tools: its bin/ first on PATH, no DVC
+    analytics, a git identity; `extra` adds or replaces variables."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", **extra}
+
+
+def dvc(args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The venv's `dvc` with `args` in `cwd` (env: tool_env() unless given)."""
+    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd, env or tool_env())
+
+
 def project_copy(target: Path) -> Path:
     """The tracked project files (what a fresh clone has) in a new git repository."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -107,3 +133,40 @@ def params():
     from birdclef.params import load_params
 
     return load_params(REPO / "params.yaml")
+
+
+def tiny_params():
+    """The committed params shrunk for training tests: 3 species, 2 folds, one short epoch."""
+    from dataclasses import replace
+
+    from birdclef.params import load_params
+
+    params = load_params(REPO / "params.yaml")
+    params.data.sample = replace(params.data.sample, species=3, min_recordings=8, max_recordings=10,
+                                 max_recording_seconds=8.0, extra_recordings_per_species=1,
+                                 train_soundscapes=1, test_soundscapes=1, soundscape_seconds=20,
+                                 background_clips=1, pretrain_extra_species=1, pretrain_recordings_per_species=2)
+    params.prepare.n_folds = 2
+    params.folds = [0, 1]
+    params.train.epochs = 1
+    params.pretrain.epochs = 1
+    params.train.num_workers = 0
+    params.train.batch_size = 4
+    return params
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """(root, tiny_params()): the generated sample under root/raw, precomputed into
+    root/store and prepared into root/tables, once per test module."""
+    from birdclef.precompute import precompute
+    from birdclef.prepare import prepare
+    from birdclef.sample import generate
+
+    root = tmp_path_factory.mktemp("work")
+    params = tiny_params()
+    generate(root / "raw", params.data.sample)
+    (root / "raw" / "pseudo").mkdir()
+    precompute(root / "raw", root / "external", root / "store", params, progress=False)
+    prepare(root / "raw", root / "external", root / "store", root / "tables", params)
+    return root, params

@@ -5,31 +5,11 @@ with -S overrides that shrink the sample and the training budget so it runs in m
 """
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import project_copy, run
-
-TINY = [
-    "data.sample.species=3", "data.sample.min_recordings=8", "data.sample.max_recordings=12",
-    "data.sample.max_recording_seconds=8", "data.sample.extra_recordings_per_species=1",
-    "data.sample.train_soundscapes=2", "data.sample.test_soundscapes=2",
-    "data.sample.background_clips=2", "data.sample.pretrain_extra_species=1",
-    "data.sample.pretrain_recordings_per_species=3",
-    "prepare.n_folds=2", "folds=[0,1]", "train.epochs=1", "pretrain.epochs=1", "train.num_workers=0",
-]
-
-
-def dvc(args, cwd):
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
-    return run([str(Path(bin_dir) / "dvc"), *args], cwd, env)
+from conftest import TINY, dvc, project_copy
 
 
 @pytest.mark.slow
