@@ -14,40 +14,10 @@ import torch
 from birdclef.data import (PseudoChunk, PseudoPool, TrainingWindows, crop_or_pad, sample_weights,
                            split_windows, training_sampler)
 from birdclef.labels import smooth
-from birdclef.params import load_params
-from birdclef.precompute import precompute
-from birdclef.prepare import prepare
-from birdclef.sample import generate
-from birdclef.train import RunPaths, pretrain_backbone, read_tables, train_fold
-from conftest import REPO
+from birdclef.pretrain import prepare_backbone
+from birdclef.train import RunPaths, read_tables, train_fold
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore:.*LeafSpec:FutureWarning")
-
-
-def tiny_params():
-    params = load_params(REPO / "params.yaml")
-    params.data.sample = replace(params.data.sample, species=3, min_recordings=8, max_recordings=10,
-                                 max_recording_seconds=8.0, extra_recordings_per_species=1,
-                                 train_soundscapes=1, test_soundscapes=1, soundscape_seconds=20,
-                                 background_clips=1, pretrain_extra_species=1, pretrain_recordings_per_species=2)
-    params.prepare.n_folds = 2
-    params.folds = [0, 1]
-    params.train.epochs = 1
-    params.pretrain.epochs = 1
-    params.train.num_workers = 0
-    params.train.batch_size = 4
-    return params
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("work")
-    params = tiny_params()
-    generate(root / "raw", params.data.sample)
-    (root / "raw" / "pseudo").mkdir()
-    precompute(root / "raw", root / "external", root / "store", params, progress=False)
-    prepare(root / "raw", root / "external", root / "store", root / "tables", params)
-    return root, params
 
 
 def paths(root: Path, name: str, pseudo: Path | None = None, pretrained: Path | None = None) -> RunPaths:
@@ -77,7 +47,8 @@ def test_short_run_writes_its_outputs_and_is_deterministic(workspace):
 def test_pretrained_backbone_is_loaded_strictly(workspace):
     root, params = workspace
     backbone = root / "pretrained" / "eca.pt"
-    summary = pretrain_backbone(params, "eca", root / "raw", root / "store", backbone, root / "logs" / "pre")
+    summary = prepare_backbone(params, "eca", root / "raw", root / "store", backbone, root / "logs" / "pre")
+    assert summary["source"] == "corpus" and (root / "logs/pre/source.json").is_file()
     assert summary["classes"] > len(read_tables(root / "tables")[1])  # the wider corpus
     state = torch.load(backbone, weights_only=True)
     assert state and all(not key.startswith("head.") for key in state)

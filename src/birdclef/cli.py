@@ -115,7 +115,8 @@ def prepare(
 @app.command()
 def pretrain(
     family: Annotated[str, typer.Option(help="The model family (a key of `family` in params).")],
-    raw: Annotated[Path, typer.Option(help="The raw dataset (pretrain/ corpus).")] = Path("data/raw"),
+    raw: Annotated[Path, typer.Option(help="The raw dataset (pretrain/ corpus, pretrained/ backbones).")] = Path(
+        "data/raw"),
     store: Annotated[Path, typer.Option(help="The HDF5 store.")] = Path("data/store"),
     out: Annotated[Optional[Path], typer.Option(help="Backbone weights to write "
                                                 "(default: models/pretrained/<family>.pt).")] = None,
@@ -123,13 +124,18 @@ def pretrain(
                                                  "(default: metrics/pretrain/<family>).")] = None,
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Pretrain a family's backbone on the wide-species corpus and save the backbone only."""
-    from birdclef.train import pretrain_backbone
+    """The backbone weights a family starts from (pretrain.source: corpus pretraining, the
+    authors' published backbones, or none), saved as a backbone-only state dict."""
+    from birdclef.pretrain import prepare_backbone
+    from birdclef.train import TrainError
 
     params = _load(params_path)
     _check_family(params, family)
     out = out or Path("models/pretrained") / f"{family}.pt"
-    summary = pretrain_backbone(params, family, raw, store, out, logs or Path("metrics/pretrain") / family)
+    try:
+        summary = prepare_backbone(params, family, raw, store, out, logs or Path("metrics/pretrain") / family)
+    except TrainError as error:
+        raise _fail(error) from None
     typer.echo(f"pretrain: {summary}")
 
 

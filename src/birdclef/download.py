@@ -2,12 +2,14 @@
 
 ``data.source: sample`` generates the embedded dataset offline. ``birdclef2025`` fetches the
 competition and the authors' Kaggle datasets with the official ``kaggle`` client, the only
-network access of the whole pipeline. Archives are kept in ``data/downloads/`` so a re-run
-only fetches what is missing; ``data/raw`` is assembled in a temporary folder and renamed.
+network access of the whole pipeline. Each download is unpacked in ``data/downloads/`` once
+(a ``.complete`` marker lists its archives' SHA-256), so a re-run fetches only what is
+missing; ``data/raw`` is assembled in a temporary folder (``unpack``) and renamed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import zipfile
@@ -17,20 +19,14 @@ from birdclef import layout
 from birdclef.params import Params
 
 COMPETITION = "birdclef-2025"
-# The authors' datasets named in the seed README: extra audio of the 2025 species, the
-# pretrained backbones, the pseudo labels and the 2023 parts holding no-call and ESC-50 audio.
-DATASETS = (
-    "vladimirsydor/bird-clef-2025-add-data",
-    "vladimirsydor/bird-clef-2025-all-pretrained-models",
-    "vladimirsydor/bird-clef-2025-pseudo",
-    "vladimirsydor/birdclef-2023-data-part2",
-    "vladimirsydor/birdclef-2023-data-part3",
-)
+# The authors' datasets named in the seed README (what each holds: ``unpack``).
+ADD_DATA = "vladimirsydor/bird-clef-2025-add-data"
+BACKBONES = "vladimirsydor/bird-clef-2025-all-pretrained-models"
+PSEUDO = "vladimirsydor/bird-clef-2025-pseudo"
+PARTS_2023 = ("vladimirsydor/birdclef-2023-data-part2", "vladimirsydor/birdclef-2023-data-part3")
+PRETRAIN_METADATA = "vladimirsydor/bird-clef-2025-pretrained-metadata"
+DATASETS = (ADD_DATA, BACKBONES, PSEUDO, *PARTS_2023, PRETRAIN_METADATA)
 DOWNLOADS = Path("data/downloads")
-COMPETITION_FILES = (
-    layout.TRAIN_CSV, layout.TAXONOMY_CSV, layout.SAMPLE_SUBMISSION_CSV,
-    layout.TRAIN_AUDIO, layout.TRAIN_SOUNDSCAPES,
-)
 
 
 class DownloadError(RuntimeError):
@@ -46,7 +42,7 @@ def download(out: Path, params: Params) -> str:
         summary = generate(out, params.data.sample, params.audio.sample_rate)
         text = ", ".join(f"{value} {name}" for name, value in summary.items())
     else:
-        text = download_birdclef2025(out, DOWNLOADS)
+        text = download_birdclef2025(out, DOWNLOADS, params.pseudo.published)
     _describe_pseudo_folder(out / layout.PSEUDO)
     return text
 
@@ -86,32 +82,35 @@ def _kaggle_api():
     return kaggle.api
 
 
-def download_birdclef2025(out: Path, downloads: Path) -> str:
-    """Fetch the competition and the authors' datasets, then lay out ``out``."""
+def download_birdclef2025(out: Path, downloads: Path, pseudo_files: list[str]) -> str:
+    """Fetch the competition and the authors' datasets, then lay out ``out`` (see ``unpack``)."""
+    from birdclef import unpack
+    from birdclef.tables import read_taxonomy
+
     api = _kaggle_api()
     downloads.mkdir(parents=True, exist_ok=True)
-    competition = _fetch(downloads / COMPETITION, lambda folder: api.competition_download_files(
-        COMPETITION, path=str(folder), quiet=False))
+    folders = {COMPETITION: _fetch(downloads / COMPETITION, lambda folder: api.competition_download_files(
+        COMPETITION, path=str(folder), quiet=False))}
     for reference in DATASETS:
-        _fetch(downloads / reference.split("/")[1], lambda folder, ref=reference:
-               api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
+        folders[reference] = _fetch(downloads / reference.split("/")[1], lambda folder, ref=reference:
+                                    api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in COMPETITION_FILES:
-        source = competition / name
-        if not source.exists():
-            raise DownloadError(f"{competition}: the competition archive has no {name!r}; "
-                                "delete the folder and download again.")
-        _link_or_copy(source, tmp / name)
-    # The test soundscapes are hidden until a notebook is submitted: the folder may be empty.
-    (tmp / layout.TEST_SOUNDSCAPES).mkdir()
-    if (competition / layout.TEST_SOUNDSCAPES).is_dir():
-        for path in (competition / layout.TEST_SOUNDSCAPES).iterdir():
-            _link_or_copy(path, tmp / layout.TEST_SOUNDSCAPES / path.name)
+    try:
+        summary = unpack.competition(folders[COMPETITION], tmp)
+        vocabulary = set(read_taxonomy(tmp / layout.TAXONOMY_CSV))
+        summary.update(unpack.extra_audio(folders[ADD_DATA], tmp, vocabulary))
+        summary.update(unpack.published_backbones(folders[BACKBONES], tmp))
+        summary.update(unpack.published_pseudo(folders[PSEUDO], tmp, pseudo_files))
+        summary.update(unpack.background([folders[part] for part in PARTS_2023], tmp, downloads))
+        summary.update(unpack.pretrain_metadata(folders[PRETRAIN_METADATA], tmp))
+    except unpack.LayoutError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DownloadError(str(error)) from None
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    return f"competition and {len(DATASETS)} datasets in {downloads}, laid out in {out}"
+    return ", ".join(f"{value} {name}" for name, value in summary.items())
 
 
 def _fetch(folder: Path, fetch) -> Path:
@@ -125,24 +124,23 @@ def _fetch(folder: Path, fetch) -> Path:
     except Exception as error:  # the client raises its own HTTP error types
         raise DownloadError(f"{folder.name}: download failed ({error}). Check that you accepted "
                             "the competition rules and that the dataset exists.") from None
+    checksums = []
     for archive in sorted(folder.glob("*.zip")):
-        with zipfile.ZipFile(archive) as handle:
-            handle.extractall(folder)
+        checksums.append(f"{_sha256(archive)}  {archive.stat().st_size}  {archive.name}\n")
+        try:
+            with zipfile.ZipFile(archive) as handle:
+                handle.extractall(folder)
+        except zipfile.BadZipFile:
+            archive.unlink()
+            raise DownloadError(f"{archive}: damaged download; run the stage again to fetch it anew.") from None
         archive.unlink()
-    marker.touch()
+    marker.write_text("".join(checksums))  # sha256, bytes, name of each archive as fetched
     return folder
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link files into ``data/raw`` (no second copy of ~100 GB); copy across devices."""
-    if source.is_dir():
-        shutil.copytree(source, target, copy_function=_link_file)
-    else:
-        _link_file(source, target)
-
-
-def _link_file(source, target) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

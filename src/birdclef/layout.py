@@ -15,6 +15,7 @@ every later stage reads one format::
       background/background.csv  background/audio/<file> no-call and noise clips
       pretrain/train.csv  pretrain/audio/<label>/<file>  wide-species corpus for backbones
       pseudo/*.csv                        published pseudo labels (priority = name order)
+      pretrained/models_2024/...          the authors' published backbones (real data only)
     data/external/train.csv  data/external/audio/<label>/<file>   user-added (data.dvc)
 
 Every recording is named in the store by its path relative to its root, with the
@@ -44,6 +45,7 @@ BACKGROUND_AUDIO = "background/audio"
 PRETRAIN_AUDIO = "pretrain/audio"
 PRETRAIN_CSV = "pretrain/train.csv"
 PSEUDO = "pseudo"
+PUBLISHED_BACKBONES = "pretrained"
 
 # Folders under data/raw whose audio precompute decodes into the store.
 RAW_AUDIO_FOLDERS = (

@@ -117,6 +117,7 @@ class PretrainParams:
     source: str
     epochs: int
     lr: float
+    published: dict[str, str]
 
 
 @dataclass
@@ -132,7 +133,7 @@ class PseudoParams:
     min_primary_prob: float
     trim_prob: float
     swap_p: float
-    external: list[str]
+    published: list[str]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The train and pretrain stages: one Lightning run per (round, family, fold).
+"""The train stage: one Lightning run per (round, family, fold).
 
 ``BirdModule`` is the recipe of seed spec §2: random EQ filtering on each training batch,
 the loss on attention-pooled logits, validation on whole files (5-s chunks, max per file)
@@ -56,7 +56,7 @@ class BirdModule(L.LightningModule):
 
     def training_step(self, batch, batch_index):
         wave, target = batch
-        output = self.model(self.filtering(wave))
+        output = self.model(self.filtering(wave.float()))
         loss = self.loss(output.clip_logits, target)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -65,6 +65,12 @@ class BirdModule(L.LightningModule):
         wave, position = batch
         self._scores.append(self.model(wave).clip_probs.detach())
         self._positions.append(position)
+
+    def on_train_start(self):
+        # DDP: every process was seeded alike; offset by rank so they draw different EQ
+        # filters, SpecAugment masks and (without workers) crops. One process: unchanged.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def on_validation_epoch_end(self):
         scores = self.all_gather(torch.cat(self._scores)).reshape(-1, self._scores[0].shape[1])
@@ -151,7 +157,7 @@ def build_model(family: FamilyParams, num_classes: int, train: TrainParams) -> B
     return BirdClassifier(family.backbone, num_classes, hidden=train.hidden, spec_augment=spec_augment)
 
 
-def _trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, validate: bool) -> L.Trainer:
+def make_trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, validate: bool) -> L.Trainer:
     from dvclive.lightning import DVCLiveLogger
 
     train = params.train
@@ -204,13 +210,15 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
     with tempfile.TemporaryDirectory() as checkpoints:
         checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_auc", mode="max",
                                      save_top_k=1, save_weights_only=True)
-        trainer = _trainer(params, params.train.epochs, paths.logs, [checkpoint], validate=True)
+        trainer = make_trainer(params, params.train.epochs, paths.logs, [checkpoint], validate=True)
         trainer.fit(module, train_loader, valid_loader)
+        if not trainer.is_global_zero:
+            # DDP: one process writes the outputs. The best checkpoint is rank 0's file (the
+            # callback broadcasts rank 0's folder), which rank 0 deletes when it leaves this block.
+            return {}
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(best["state_dict"])
         best_epoch = int(best["epoch"])
-    if not trainer.is_global_zero:  # DDP: one process writes the outputs
-        return {}
     file_scores = predict_files(model, valid_loader, trainer.strategy.root_device, validation)
     val_auc = macro_roc_auc(file_targets, file_scores)
     meta = {"family": family_name, "fold": fold, "backbone": family.backbone, "classes": classes,
@@ -237,13 +245,56 @@ def predict_files(model: BirdClassifier, loader: DataLoader, device, chunks: Val
 def _loaders(params: Params, training, validation, sampler_mode: str):
     workers = worker_count(params.train.num_workers)
     pin = torch.cuda.is_available()
+    sampler = _RankShare(training_sampler(training.labels, sampler_mode, params.seed))
     train_loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True, num_workers=workers,
-                              pin_memory=pin, sampler=training_sampler(training.labels, sampler_mode, params.seed))
+                              pin_memory=pin, sampler=sampler)
     valid_loader = None
     if validation is not None:
         valid_loader = DataLoader(_Indexed(validation), batch_size=params.train.batch_size, num_workers=workers,
                                   pin_memory=pin)
     return train_loader, valid_loader
+
+
+class _RankShare(torch.utils.data.DistributedSampler):
+    """The training sampler, shared out between DDP processes in the sampler's own order.
+
+    Under DDP Lightning wraps a custom sampler in ``DistributedSamplerWrapper`` with
+    ``shuffle=True``, which re-shuffles the drawn order uniformly: the family's sampler,
+    whose weights only order the epoch (``training_sampler``), would do nothing. Lightning
+    leaves a ``DistributedSampler`` alone, so this one shares the work itself: every process
+    draws the same permutation (the generator is seeded alike everywhere) and takes every
+    ``world``-th item from its rank on, padded with the first items to equal shares: the
+    processes see disjoint rows, each in weighted order. The world is read when iterated,
+    because the processes only exist inside ``fit``; one process gets the sampler unchanged.
+    """
+
+    def __init__(self, sampler, num_replicas: int | None = None, rank: int | None = None):
+        # No super().__init__(): it needs the process group, which does not exist yet.
+        self.sampler, self._world, self._rank = sampler, num_replicas, rank
+        self.shuffle, self.drop_last, self.seed, self.epoch = False, False, 0, 0
+
+    @property
+    def num_replicas(self) -> int:
+        if self._world is not None:
+            return self._world
+        dist = torch.distributed
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def rank(self) -> int:
+        if self._rank is not None:
+            return self._rank
+        dist = torch.distributed
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.num_replicas)
+
+    def __iter__(self):
+        world = self.num_replicas
+        order = list(self.sampler)
+        order += order[:len(self) * world - len(order)]
+        return iter(order[self.rank::world])
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -275,32 +326,3 @@ def _save(out: Path, model: BirdClassifier, meta: dict, keys: list[str], classes
     oof.to_csv(tmp / "oof.csv", index=False, float_format="%.6f")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-
-
-def pretrain_backbone(params: Params, family_name: str, raw: Path, store: Path, out: Path, logs: Path) -> dict:
-    """Train on the wide-species corpus (no validation, last epoch) and keep the backbone only."""
-    from birdclef.tables import read_train_table
-
-    L.seed_everything(params.seed, workers=True)
-    family = params.family[family_name]
-    corpus = read_train_table(raw / layout.PRETRAIN_CSV, raw / layout.PRETRAIN_AUDIO, None)
-    corpus["key"] = [f"{layout.PRETRAIN_AUDIO}/{name}" for name in corpus["filename"]]
-    classes = sorted(set(corpus["primary_label"]) | {label for labels in corpus["secondary_labels"] for label in labels})
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
-    training = TrainingWindows(store, corpus, list(range(len(corpus))), classes, window,
-                               params.train.label_smoothing, params.train.augment.mixup_p, None,
-                               background_mixer(raw, store, params.train))
-    pretrain_family = FamilyParams(**{**family.__dict__, "lr": params.pretrain.lr})
-    model = build_model(family, len(classes), params.train)
-    module = BirdModule(model, params.loss, pretrain_family, params.train)
-    # The seed's pretraining used no class-weighted sampler: a plain shuffle.
-    loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True,
-                        num_workers=worker_count(params.train.num_workers), shuffle=True,
-                        generator=torch.Generator().manual_seed(params.seed))
-    trainer = _trainer(params, params.pretrain.epochs, logs, [], validate=False)
-    trainer.fit(module, loader)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(model.backbone_state_dict(), tmp)
-    os.replace(tmp, out)
-    return {"family": family_name, "classes": len(classes), "recordings": len(corpus)}

@@ -1,0 +1,124 @@
+"""The pretrain stage: the backbone weights each family's fine-tuning starts from.
+
+``pretrain.source`` picks where they come from:
+
+* ``corpus``: train on the wide-species corpus in ``data/raw/pretrain`` (no validation, last
+  epoch) and keep the backbone only, as the seed's ``create_pretrain_backbone`` did;
+* ``published``: the authors' backbones from ``bird-clef-2025-all-pretrained-models``
+  (``data/raw/pretrained/<pretrain.published.<family>>``), checked to fit the family's
+  backbone key for key before they are written;
+* ``none``: the family's seeded random initialisation, i.e. fine-tuning from scratch.
+
+Either way the stage writes ``models/pretrained/<family>.pt`` (a backbone-only state dict,
+what ``BirdClassifier.load_backbone`` reads strictly) and ``source.json`` beside the logs, so
+``dvc push`` / ``dvc pull pretrain`` move one kind of file whatever its origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from birdclef import layout
+from birdclef.data import TrainingWindows, worker_count
+from birdclef.params import FamilyParams, Params
+from birdclef.train import BirdModule, TrainError, background_mixer, build_model, make_trainer
+
+# The seed's Lightning checkpoints name backbone weights with this prefix.
+CHECKPOINT_PREFIX = "model.backbone."
+
+
+def prepare_backbone(params: Params, family_name: str, raw: Path, store: Path, out: Path, logs: Path) -> dict:
+    """Write ``out`` for ``params.pretrain.source``; return a summary (also in ``logs/source.json``)."""
+    L.seed_everything(params.seed, workers=True)
+    source = params.pretrain.source
+    if source == "corpus":
+        state, summary = corpus_backbone(params, family_name, raw, store, logs)
+    elif source == "published":
+        state, summary = published_backbone(params, family_name, raw)
+    else:
+        state = build_model(params.family[family_name], 1, params.train).backbone_state_dict()
+        summary = {"initialisation": f"random, seed {params.seed}"}
+    summary = {"family": family_name, "backbone": params.family[family_name].backbone, "source": source, **summary}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "source.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def corpus_backbone(params: Params, family_name: str, raw: Path, store: Path, logs: Path) -> tuple[dict, dict]:
+    """Train on the wide-species corpus and keep the backbone weights only."""
+    from birdclef.tables import read_train_table
+
+    table_path = raw / layout.PRETRAIN_CSV
+    if not table_path.is_file():
+        raise TrainError(f"{table_path}: no pretraining corpus here; set pretrain.source to published "
+                         "(the authors' backbones) or none (train from scratch).")
+    family = params.family[family_name]
+    corpus = read_train_table(table_path, raw / layout.PRETRAIN_AUDIO, None)
+    corpus["key"] = [f"{layout.PRETRAIN_AUDIO}/{name}" for name in corpus["filename"]]
+    classes = sorted(set(corpus["primary_label"]) | {label for labels in corpus["secondary_labels"] for label in labels})
+    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    training = TrainingWindows(store, corpus, list(range(len(corpus))), classes, window,
+                               params.train.label_smoothing, params.train.augment.mixup_p, None,
+                               background_mixer(raw, store, params.train))
+    pretrain_family = FamilyParams(**{**family.__dict__, "lr": params.pretrain.lr})
+    model = build_model(family, len(classes), params.train)
+    module = BirdModule(model, params.loss, pretrain_family, params.train)
+    # The seed's pretraining used no class-weighted sampler: a plain shuffle.
+    loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True,
+                        num_workers=worker_count(params.train.num_workers), shuffle=True,
+                        generator=torch.Generator().manual_seed(params.seed))
+    trainer = make_trainer(params, params.pretrain.epochs, logs, [], validate=False)
+    trainer.fit(module, loader)
+    return model.backbone_state_dict(), {"classes": len(classes), "recordings": len(corpus)}
+
+
+def published_backbone(params: Params, family_name: str, raw: Path) -> tuple[dict, dict]:
+    """The authors' backbone for this family, checked against the family's architecture."""
+    name = params.pretrain.published.get(family_name)
+    if not name:
+        raise TrainError(f"pretrain.published has no file for family {family_name!r}; name one of the "
+                         f"files under {raw / layout.PUBLISHED_BACKBONES}.")
+    root = raw / layout.PUBLISHED_BACKBONES
+    path = root / name
+    if not path.is_file():
+        present = sorted(item.relative_to(root).as_posix() for item in root.rglob("*") if item.is_file())
+        raise TrainError(f"{path} not found (pretrain.published.{family_name}); the download holds: "
+                         f"{', '.join(present) or 'nothing'}.")
+    state = load_backbone_state(path)
+    family = params.family[family_name]
+    expected = build_model(family, 1, params.train).backbone.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    if missing or unexpected or mismatched:
+        raise TrainError(f"{path} does not fit backbone {family.backbone!r} of family {family_name!r}: "
+                         f"{len(missing)} missing key(s) {missing[:3]}, {len(unexpected)} unexpected "
+                         f"{unexpected[:3]}, {len(mismatched)} of another shape {mismatched[:3]}. "
+                         "Check family.<name>.backbone and pretrain.published.")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state, {"file": name, "sha256": digest}
+
+
+def load_backbone_state(path: Path) -> dict[str, torch.Tensor]:
+    """A backbone-only state dict, or the backbone part of a Lightning checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged or foreign file
+        raise TrainError(f"{path}: not a PyTorch weights file ({error}); download it again.") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = {key[len(CHECKPOINT_PREFIX):]: value for key, value in state["state_dict"].items()
+                 if key.startswith(CHECKPOINT_PREFIX)}
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise TrainError(f"{path}: expected a state dict of tensors (backbone weights).")
+    return state
