@@ -48,34 +48,14 @@ WINDOWS, SAMPLES, RATE = 12, 160_000, 32_000
 
 
 def realistic_random_model(backbone: str, classes: int, seed: int):
-    """A random-weight BirdClassifier whose probabilities spread over (0, 1) on bird-like input.
-
-    With the random BatchNorm statistics (mean 0, var 1) activations blow up and the outputs
-    saturate; they are re-estimated on synthetic windows, and the classifier is scaled to frame
-    logits of standard deviation ~2, so error numbers mean something.
-    """
+    """A random-weight BirdClassifier whose probabilities spread over (0, 1) on bird-like input."""
     import torch
-    from torch import nn
 
-    from birdclef.export import parity_windows
+    from birdclef.calibration import calibrate
     from birdclef.model import BirdClassifier
 
     torch.manual_seed(seed)
-    model = BirdClassifier(backbone, classes)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the calibration batches
-    windows = torch.from_numpy(parity_windows(8, SAMPLES, RATE, seed=500 + seed))
-    with torch.no_grad():
-        if norms:
-            model.train()
-            for batch in windows.split(4):
-                model(batch)
-        model.eval()
-        logits = model(windows).frame_logits
-        model.head.classifier.weight.mul_(2.0 / logits.std())
-    return model
+    return calibrate(BirdClassifier(backbone, classes), 8, SAMPLES, seed=500 + seed, batch=4)
 
 
 def save_family(models: list, root: Path, family: str, backbone: str, classes: list[str]) -> None:

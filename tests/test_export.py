@@ -9,55 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from birdclef import export
 from birdclef.export import (ExportedEnsemble, ExportedFamily, ExportError, FoldEnsemble, export_family,
                              load_fold_models, parity_windows)
-from birdclef.augment import SpecAugment
-from birdclef.model import BirdClassifier
+from trained_models import BACKBONE, CLASSES, SAMPLES, realistic_random_model, save_trained
 
-BACKBONE = "mobilenetv3_small_050"
-CLASSES = ["amerob", "bkcchi", "41778", "grekis", "houspa", "sobtyr"]
-HIDDEN = 32
-SAMPLES = 160_000
 EXPORTED_FOLDS = [0, 2]
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
-
-
-def realistic_random_model(seed: int) -> BirdClassifier:
-    """A random-weight classifier whose outputs spread over (0, 1) on bird-like input.
-
-    Random BatchNorm statistics (mean 0, var 1) are far off for real activations, so the
-    outputs saturate and a parity check compares constants. The statistics are re-estimated
-    on synthetic windows, then the classifier is scaled to logits of standard deviation ~2.
-    """
-    torch.manual_seed(seed)
-    # like the train stage's models: a SpecAugment without weights, absent from the state dict
-    model = BirdClassifier(BACKBONE, len(CLASSES), hidden=HIDDEN, spec_augment=SpecAugment())
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batches
-    windows = torch.from_numpy(parity_windows(12, SAMPLES, seed=1000 + seed))
-    with torch.no_grad():
-        model.train()
-        for batch in windows.split(6):
-            model(batch)
-        model.eval()
-        logits = model(windows).frame_logits
-        model.head.classifier.weight.mul_(2.0 / logits.std())
-    return model
-
-
-def save_trained(model: BirdClassifier, folder: Path, fold: int, family: str = "eca") -> None:
-    """The train stage's format: model.pt (state dict) + meta.json."""
-    folder.mkdir(parents=True)
-    torch.save(model.state_dict(), folder / "model.pt")
-    meta = {"family": family, "fold": fold, "backbone": BACKBONE, "classes": CLASSES, "hidden": HIDDEN,
-            "val_auc": 0.5, "best_epoch": 0}
-    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture(scope="module", autouse=True)

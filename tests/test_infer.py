@@ -9,7 +9,7 @@ import pytest
 from birdclef.export import export_family
 from birdclef.infer import Ensemble, infer, predict, top_n_rescale
 from conftest import REPO, python, run, tone, write_audio
-from test_export import CLASSES, realistic_random_model, save_trained
+from trained_models import CLASSES, realistic_random_model, save_trained
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 
