@@ -236,6 +236,11 @@ def test_families_joined_in_one_graph(trained, exported, second_family):
     separate = [ExportedFamily(folder, threads=1, precision="f32")(windows) for folder in (out, second_family)]
     np.testing.assert_allclose(probs, np.mean(separate, axis=0), atol=1e-5, rtol=0)
     assert sorted(path.name for path in out.parent.iterdir()) == ["ebs", "eca"]
+    # weights (normalised) and streams: the windows split over 2 streams give the same scores
+    weighted = ExportedEnsemble([out, second_family], threads=2, precision="f32", streams=2, weights=[3.0, 1.0])
+    np.testing.assert_allclose(weighted(windows), 0.75 * separate[0] + 0.25 * separate[1], atol=1e-5, rtol=0)
+    with pytest.raises(ExportError, match="non-negative weight per family"):
+        ExportedEnsemble([out, second_family], weights=[1.0])
 
 
 def test_families_with_other_classes_are_not_joined(exported, second_family, tmp_path):

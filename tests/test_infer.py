@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from birdclef.export import export_family
-from birdclef.infer import Ensemble, infer, predict, top_n_rescale
+from birdclef.infer import infer, load_ensemble, predict, top_n_rescale
 from conftest import REPO, python, run, tone, write_audio
 from trained_models import CLASSES, realistic_random_model, save_trained
 
@@ -60,7 +60,7 @@ def test_submission_format(exports, params, tmp_path):
     assert values.min() >= 0 and values.max() <= 1
     assert summary["seconds_per_minute_of_audio"] > 0
     # the columns follow the template's order, not the models'
-    ensemble = Ensemble(exports, ["eca"], {"eca": 1.0})
+    ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0})
     assert ensemble.classes == CLASSES
 
 
@@ -80,7 +80,7 @@ def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
     for name, (rate, channels, seconds) in cases.items():
         write_audio(recordings / name, tone(3000, seconds, rate, channels=channels), rate)
     (recordings / "broken.ogg").write_bytes(b"OggS not really")
-    ensemble = Ensemble(exports, ["eca"], {"eca": 1.0}, threads=1)
+    ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0}, threads=1)
     with pytest.warns(UserWarning, match="broken.ogg"):
         summary = predict([recordings], ensemble, tmp_path / "out.csv", 5.0, 32000,
                           raven=tmp_path / "raven", threshold=0.0)

@@ -284,11 +284,12 @@ def predict(
     import warnings
 
     from birdclef.export import ExportError
-    from birdclef.infer import Ensemble, InferError, predict as run
+    from birdclef.infer import InferError, load_ensemble, predict as run
 
     params = _load(params_path)
     try:
-        ensemble = Ensemble(exports, params.families, params.infer.family_weights, threads or None)
+        ensemble = load_ensemble(exports, params.families, params.infer.family_weights, threads or None,
+                                 params.infer.precision)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             summary = run(inputs, ensemble, out, params.audio.window_seconds, params.audio.sample_rate,

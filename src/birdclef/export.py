@@ -349,10 +349,11 @@ def precision_name(compiled) -> str:
     return hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
-def join_families(folders: list[Path]):
+def join_families(folders: list[Path], weights: list[float] | None = None):
     """One OpenVINO model from several exported families: the first family's mel front end
     feeds every family's folds (the others' front ends are dropped), and the output is the
-    arithmetic mean over families of their fold means. (n, samples) -> (n, K).
+    mean over families of their fold means, weighted by ``weights`` (equal by default; they
+    are normalised to sum to 1). (n, samples) -> (n, K).
 
     The families must share classes, window and front end (``export.json``). Returns the model
     and the families' ``export.json`` contents.
@@ -386,14 +387,16 @@ def join_families(folders: list[Path]):
         outputs.append(model.get_results()[0].input_value(0))
     if len(outputs) == 1:
         return models[0], infos
-    for output in outputs:
+    weights = np.ones(len(outputs)) if weights is None else np.asarray(weights, np.float64)
+    if weights.shape != (len(outputs),) or (weights < 0).any() or weights.sum() <= 0:
+        raise ExportError(f"family weights {weights.tolist()}: one non-negative weight per family, not all 0.")
+    total = None
+    for output, weight in zip(outputs, weights / weights.sum()):
         output.get_tensor().set_names(set())  # every family named its output "probabilities"
-    total = outputs[0]
-    for output in outputs[1:]:
-        total = ops.add(total, output).output(0)
-    mean = ops.multiply(total, ops.constant(np.float32(1.0 / len(outputs))))
-    mean.output(0).get_tensor().set_names({OUTPUT_NAME})
-    return ov.Model([ops.result(mean)], models[0].get_parameters(), "ensemble"), infos
+        term = ops.multiply(output, ops.constant(np.float32(weight))).output(0)
+        total = term if total is None else ops.add(total, term).output(0)
+    total.get_tensor().set_names({OUTPUT_NAME})
+    return ov.Model([ops.result(total)], models[0].get_parameters(), "ensemble"), infos
 
 
 def _read_info(folder: Path) -> dict:
@@ -405,7 +408,8 @@ def _read_info(folder: Path) -> dict:
 
 class ExportedEnsemble:
     """Exported families compiled by OpenVINO on the CPU as ONE graph (mel computed once):
-    (n, samples) float32 windows -> (n, K) mean over families of their fold-mean probabilities.
+    (n, samples) float32 windows -> (n, K) mean over families (``weights``, equal by default)
+    of their fold-mean probabilities.
 
     ``threads`` sets ``INFERENCE_NUM_THREADS``; ``precision`` ("f32" or "bf16") sets
     ``INFERENCE_PRECISION_HINT`` (default: the device's, bf16 on CPUs that have it).
@@ -415,7 +419,7 @@ class ExportedEnsemble:
     """
 
     def __init__(self, folders: list[Path], threads: int | None = None, precision: str | None = None,
-                 streams: int = 1) -> None:
+                 streams: int = 1, weights: list[float] | None = None) -> None:
         import openvino as ov
 
         if precision not in (None, "f32", "bf16"):
@@ -425,7 +429,7 @@ class ExportedEnsemble:
         if streams < 1:
             raise ValueError(f"streams {streams}: must be at least 1.")
         self.folders = [Path(folder) for folder in folders]
-        model, self.infos = join_families(self.folders)
+        model, self.infos = join_families(self.folders, weights)
         self.info = self.infos[0]
         self.classes: list[str] = list(self.info["classes"])
         self.window_samples: int = int(self.info["window_samples"])

@@ -1,7 +1,8 @@
 """The infer stage and ``birdclef predict``: the exported OpenVINO ensemble on soundscapes.
 
-Each recording is cut into 5-s windows (each peak-normalised); every family's IR (its folds
-averaged inside the graph) scores them; families are averaged with weights from params;
+Each recording is cut into 5-s windows (each peak-normalised); the families' IRs (folds
+averaged inside each) are joined into one OpenVINO graph that computes the mel front end once
+and averages the families with weights from params, run on ``infer.streams`` streams;
 the seed's TopN rescaling multiplies each window's score by the mean of the class's N best
 windows in the same soundscape. Decoding runs in a background thread while OpenVINO runs.
 """
@@ -38,26 +39,17 @@ def top_n_rescale(probs: np.ndarray, n: int) -> np.ndarray:
     return probs * top.mean(axis=0, keepdims=True)
 
 
-class Ensemble:
-    """The families' exported models, averaged with weights: windows -> (n, K) scores."""
+def load_ensemble(exports: Path, families: list[str], weights: dict[str, float], threads: int | None = None,
+                  precision: str | None = None, streams: int = 1):
+    """The families' exported graphs joined into one OpenVINO model (the mel front end computed
+    once), averaged with ``weights``: (n, samples) windows -> (n, K) scores."""
+    from birdclef.export import ExportedEnsemble
 
-    def __init__(self, exports: Path, families: list[str], weights: dict[str, float],
-                 threads: int | None = None, precision: str | None = None):
-        from birdclef.export import ExportedFamily
-
-        missing = [family for family in families if family not in weights]
-        if missing:
-            raise InferError(f"infer.family_weights has no weight for {missing}.")
-        self.members = [ExportedFamily(exports / family, threads, precision) for family in families]
-        self.weights = np.asarray([weights[family] for family in families], np.float64)
-        self.classes = self.members[0].classes
-        for family, member in zip(families, self.members):
-            if member.classes != self.classes:
-                raise InferError(f"{exports / family}: its classes differ from {families[0]}'s.")
-
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
-        scores = np.stack([member(windows) for member in self.members])
-        return np.tensordot(self.weights / self.weights.sum(), scores, axes=1).astype(np.float32)
+    missing = [family for family in families if family not in weights]
+    if missing:
+        raise InferError(f"infer.family_weights has no weight for {missing}.")
+    return ExportedEnsemble([exports / family for family in families], threads, precision, streams,
+                            [weights[family] for family in families])
 
 
 def read_ahead(paths: list[Path], sample_rate: int):
@@ -82,7 +74,8 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
     import pandas as pd
 
     settings = params.infer
-    ensemble = Ensemble(exports, params.families, settings.family_weights, settings.threads or None)
+    ensemble = load_ensemble(exports, params.families, settings.family_weights, settings.threads or None,
+                             settings.precision, settings.streams)
     template = pd.read_csv(sample_submission, nrows=0)
     columns = [column for column in template.columns if column != "row_id"]
     unknown = sorted(set(columns) - set(ensemble.classes))
@@ -112,6 +105,7 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
         submission = pd.read_csv(sample_submission)
     _write_csv(submission, out)
     summary = {"soundscapes": len(paths), "windows": len(ids), "threads": settings.threads,
+               "streams": settings.streams, "precision": ensemble.precision,
                "seconds_per_minute_of_audio": round(elapsed / max(audio_seconds / 60, 1e-9), 4) if paths else None,
                "total_seconds": round(elapsed, 3)}
     metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,8 @@ class InferParams:
     family_weights: dict[str, float]
     top_n: int
     threads: int
+    streams: int
+    precision: Optional[str]
 
 
 @dataclass
@@ -223,6 +225,11 @@ def _check(params: Params, path: Path) -> None:
     if any(fold not in range(params.prepare.n_folds) for fold in params.folds):
         raise ParamsError(f"{path}: 'folds' {params.folds} must lie in 0..{params.prepare.n_folds - 1} "
                           "(prepare.n_folds).")
+    if params.infer.streams < 1:
+        raise ParamsError(f"{path}: infer.streams must be at least 1.")
+    if params.infer.precision not in (None, "f32", "bf16"):
+        raise ParamsError(f"{path}: 'infer.precision' is {params.infer.precision!r}; use f32, bf16 or null "
+                          "(the CPU's default: bf16 where it has it).")
     if params.precompute.files_per_shard < 1:
         raise ParamsError(f"{path}: precompute.files_per_shard must be at least 1.")
     sample = params.data.sample
