@@ -1,10 +1,12 @@
 """The whole pipeline through DVC, in a fresh copy of the project, on a tiny composition.
 
-This is what a user runs (`dvc pull data.dvc`, `dvc exp run`, `dvc exp show`, `dvc status`),
-with -S overrides that shrink the sample and the training budget so it runs in minutes.
+This is what a user runs (`dvc pull data.dvc`, `dvc exp run`, `dvc exp show`, `dvc status`,
+`dvc queue start -j 2`), with -S overrides that shrink the sample and the training budget so it
+runs in minutes.
 """
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -39,3 +41,18 @@ def test_dvc_pipeline_from_a_fresh_clone(tmp_path):
     dvc(["exp", "run", "-n", "tiny-bce", *overrides, "-S", "loss=bce"], project)
     table = dvc(["exp", "show", "--csv", "--no-pager"], project).stdout
     assert "tiny-focal" in table and "tiny-bce" in table and "submission_soundscape_auc" in table
+
+    # Two queued experiments run side by side, each in its own copy of the repository. Their
+    # stages ran above with the same params and code, so DVC's run cache restores them.
+    dvc(["exp", "run", "--queue", "-n", "queued-focal", *overrides], project)
+    dvc(["exp", "run", "--queue", "-n", "queued-bce", *overrides, "-S", "loss=bce"], project)
+    dvc(["queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(["queue", "status"], project).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+    table = dvc(["exp", "show", "--csv", "--no-pager"], project).stdout
+    assert "queued-focal" in table and "queued-bce" in table
