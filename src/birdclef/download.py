@@ -17,6 +17,7 @@ from pathlib import Path
 
 from birdclef import layout
 from birdclef.params import Params
+from birdclef.progress import progress_bar
 
 COMPETITION = "birdclef-2025"
 # The authors' datasets named in the seed README (what each holds: ``unpack``).
@@ -129,7 +130,11 @@ def _fetch(folder: Path, fetch) -> Path:
         checksums.append(f"{_sha256(archive)}  {archive.stat().st_size}  {archive.name}\n")
         try:
             with zipfile.ZipFile(archive) as handle:
-                handle.extractall(folder)
+                members = handle.infolist()
+                with progress_bar(f"unpack {archive.name}", len(members)) as advance:
+                    for member in members:
+                        handle.extract(member, folder)
+                        advance(1)
         except zipfile.BadZipFile:
             archive.unlink()
             raise DownloadError(f"{archive}: damaged download; run the stage again to fetch it anew.") from None
