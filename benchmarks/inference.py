@@ -179,6 +179,7 @@ def family_group(models: Path, folder: Path, folds: int, soundscape: np.ndarray,
     runners = {"eager": eager,
                "onnxruntime": lambda x: session.run(None, {"wave": x})[0],
                "openvino_default": default,
+               "openvino_static": ExportedFamily(folder, threads=threads, batch=WINDOWS),
                "openvino_f32": ExportedFamily(folder, threads=threads, precision="f32")}
     reference = eager(soundscape)
     return (measure(runners, reference, soundscape, repeats, warmup, settle), reference, default.precision,
@@ -192,14 +193,16 @@ def ensemble_group(folders: list[Path], soundscape: np.ndarray, average: np.ndar
 
     from birdclef.export import ExportedEnsemble, ExportedFamily
 
-    seed_graphs = [ExportedFamily(folder, threads=threads) for folder in folders]
+    # the seed's runtime: each family's IR compiled with OpenVINO's defaults (dynamic batch)
+    seed_graphs = [ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_NUM_THREADS": threads})
+                   for folder in folders]
     singles = [ov.Core().compile_model(str(folder / "model.xml"), "CPU",
                                        {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
                for folder in folders]
     requests = [model.create_infer_request() for model in singles]
 
     def seed_equivalent(x):
-        return np.mean([graph(x) for graph in seed_graphs], axis=0)
+        return np.mean([graph(x)[0] for graph in seed_graphs], axis=0)
 
     def families_at_once(x):
         for request in requests:
@@ -213,6 +216,8 @@ def ensemble_group(folders: list[Path], soundscape: np.ndarray, average: np.ndar
         "ExportedEnsemble: one graph, mel once, all families": ExportedEnsemble(folders, threads=threads),
         f"ExportedEnsemble, {threads} streams x 1 thread, windows split": ExportedEnsemble(
             folders, threads=threads, streams=threads),
+        f"ExportedEnsemble, {threads} streams, fixed batch of {WINDOWS} (what infer runs)": ExportedEnsemble(
+            folders, threads=threads, streams=threads, batch=WINDOWS),
         "family graphs run at once (async), 1 thread each": families_at_once,
     }
     results = measure(runners, average, soundscape, repeats, warmup, settle)
@@ -283,7 +288,8 @@ def main(
              "process" if not quick else "all in this one process") + ", order alternating; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    columns = [("onnxruntime", "ORT"), ("openvino_default", f"OV {precision} (default)"), ("openvino_f32", "OV f32")]
+    columns = [("onnxruntime", "ORT"), ("openvino_default", f"OV {precision} (default)"),
+               ("openvino_static", f"OV {precision} batch {WINDOWS}"), ("openvino_f32", "OV f32")]
     print(f"{'backbone (' + str(folds) + ' folds, 1 graph)':<30}{'eager':>8}" + "".join(f"{title:>22}" for _, title in columns))
     for backbone in backbones:
         eager = results[backbone]["eager"][0]

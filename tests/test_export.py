@@ -243,6 +243,18 @@ def test_families_joined_in_one_graph(trained, exported, second_family):
         ExportedEnsemble([out, second_family], weights=[1.0])
 
 
+def test_fixed_batch_graph_scores_any_number_of_windows(exported, second_family):
+    """Compiled for parts of 2 windows (batch 4, 2 streams): 1, 4, 5 and 9 windows are cut
+    into parts, the last zero-padded, and score as the dynamic graph does."""
+    out, _ = exported
+    dynamic = ExportedEnsemble([out, second_family], threads=2, precision="f32")
+    fixed = ExportedEnsemble([out, second_family], threads=2, precision="f32", streams=2, batch=4)
+    assert fixed.part == 2
+    for count in (1, 4, 5, 9):
+        windows = new_windows(count, seed=30 + count)
+        np.testing.assert_allclose(fixed(windows), dynamic(windows), atol=1e-5, rtol=0)
+
+
 def test_families_with_other_classes_are_not_joined(exported, second_family, tmp_path):
     out, _ = exported
     other = shutil.copytree(second_family, tmp_path / "other")

@@ -23,6 +23,10 @@ from birdclef.data import split_windows
 from birdclef.progress import progress_bar
 
 
+# Kaggle's test soundscapes are one minute long: infer compiles the graph for their windows.
+SOUNDSCAPE_SECONDS = 60
+
+
 class InferError(RuntimeError):
     """Missing models or a sample submission that does not match the models' classes."""
 
@@ -40,16 +44,17 @@ def top_n_rescale(probs: np.ndarray, n: int) -> np.ndarray:
 
 
 def load_ensemble(exports: Path, families: list[str], weights: dict[str, float], threads: int | None = None,
-                  precision: str | None = None, streams: int = 1):
+                  precision: str | None = None, streams: int = 1, batch: int | None = None):
     """The families' exported graphs joined into one OpenVINO model (the mel front end computed
-    once), averaged with ``weights``: (n, samples) windows -> (n, K) scores."""
+    once), averaged with ``weights``: (n, samples) windows -> (n, K) scores. ``batch``: compile
+    for that many windows per call (``ExportedEnsemble``)."""
     from birdclef.export import ExportedEnsemble
 
     missing = [family for family in families if family not in weights]
     if missing:
         raise InferError(f"infer.family_weights has no weight for {missing}.")
     return ExportedEnsemble([exports / family for family in families], threads, precision, streams,
-                            [weights[family] for family in families])
+                            [weights[family] for family in families], batch)
 
 
 def read_ahead(paths: list[Path], sample_rate: int):
@@ -74,8 +79,9 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
     import pandas as pd
 
     settings = params.infer
+    window_seconds = params.audio.window_seconds
     ensemble = load_ensemble(exports, params.families, settings.family_weights, settings.threads or None,
-                             settings.precision, settings.streams)
+                             settings.precision, settings.streams, round(SOUNDSCAPE_SECONDS / window_seconds))
     template = pd.read_csv(sample_submission, nrows=0)
     columns = [column for column in template.columns if column != "row_id"]
     unknown = sorted(set(columns) - set(ensemble.classes))
