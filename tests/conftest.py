@@ -89,7 +89,8 @@ TINY = [
     "data.sample.train_soundscapes=2", "data.sample.test_soundscapes=2",
     "data.sample.background_clips=2", "data.sample.pretrain_extra_species=1",
     "data.sample.pretrain_recordings_per_species=3",
-    "prepare.n_folds=2", "folds=[0,1]", "train.epochs=1", "pretrain.epochs=1", "train.num_workers=0",
+    "prepare.n_folds=2", "folds=[0,1]", "train.epochs=1", "train.validate_every=1", "pretrain.epochs=1",
+    "train.num_workers=0",
 ]
 
 
@@ -149,6 +150,7 @@ def tiny_params():
     params.prepare.n_folds = 2
     params.folds = [0, 1]
     params.train.epochs = 1
+    params.train.validate_every = 1
     params.pretrain.epochs = 1
     params.train.num_workers = 0
     params.train.batch_size = 4

@@ -33,6 +33,7 @@ def test_every_command_has_help(tmp_path, command):
     (lambda p: p.update(seed="x"), "bad value at 'seed'"),
     (lambda p: p["infer"].update(precision="fp8"), "'infer.precision' is 'fp8'; use f32, bf16 or null"),
     (lambda p: p["infer"].update(streams=0), "infer.streams must be at least 1"),
+    (lambda p: p["train"].update(epochs=5, validate_every=2), "train.epochs (5) must be a multiple of train.validate_every"),
 ])
 def test_wrong_params_are_named(tmp_path, edit, message):
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -31,6 +31,7 @@ SEED_RECIPE = {  # key path -> the seed's value (reference/seed-spec.md ยง2.1, ย
     "family.ebs.split": "rare_noleak",
     "family.ebs.oversample": False,
     "train.epochs": 50,
+    "train.validate_every": 1,
     "train.batch_size": 64,
     "train.precision": "32-true",
     "train.min_lr": 1.0e-6,

@@ -44,6 +44,16 @@ def test_short_run_writes_its_outputs_and_is_deterministic(workspace):
     assert not (root / "models/a.tmp").exists()
 
 
+def test_validate_every_validates_every_nth_epoch_and_keeps_the_best_of_those(workspace):
+    root, params = workspace
+    params = replace(params, train=replace(params.train, epochs=4, validate_every=2))
+    meta = train_fold(params, "eca", 0, paths(root, "every-2"))
+    steps = pd.read_csv(root / "logs/every-2/plots/metrics/val/auc.tsv", sep="\t")
+    assert len(steps) == 2  # epochs 2 and 4 of 4
+    assert meta["best_epoch"] in (1, 3)
+    assert meta["val_auc"] == pytest.approx(steps["auc"].max())
+
+
 def test_pretrained_backbone_is_loaded_strictly(workspace):
     root, params = workspace
     backbone = root / "pretrained" / "eca.pt"

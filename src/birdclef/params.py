@@ -100,6 +100,7 @@ class AugmentParams:
 @dataclass
 class TrainParams:
     epochs: int
+    validate_every: int
     batch_size: int
     num_workers: int
     precision: str
@@ -230,6 +231,10 @@ def _check(params: Params, path: Path) -> None:
     if params.infer.precision not in (None, "f32", "bf16"):
         raise ParamsError(f"{path}: 'infer.precision' is {params.infer.precision!r}; use f32, bf16 or null "
                           "(the CPU's default: bf16 where it has it).")
+    train = params.train
+    if train.validate_every < 1 or train.epochs % train.validate_every:
+        raise ParamsError(f"{path}: train.epochs ({train.epochs}) must be a multiple of train.validate_every "
+                          f"({train.validate_every}, at least 1), so that the last epoch is validated.")
     if params.precompute.files_per_shard < 1:
         raise ParamsError(f"{path}: precompute.files_per_shard must be at least 1.")
     sample = params.data.sample

@@ -166,7 +166,8 @@ def make_trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, v
     return L.Trainer(
         max_epochs=max_epochs, accelerator=train.accelerator, devices=devices, strategy=train.strategy,
         precision=train.precision, logger=logger, callbacks=callbacks, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validate else 0, enable_checkpointing=validate,
+        limit_val_batches=1.0 if validate else 0, check_val_every_n_epoch=train.validate_every,
+        enable_checkpointing=validate,
         enable_model_summary=False, log_every_n_steps=1,
         deterministic="warn",
     )
