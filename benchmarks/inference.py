@@ -4,9 +4,10 @@ One soundscape is 12 windows of 5 s at 32 kHz, run as one batch of 12 on 2 threa
 backbone the SAME random-weight 5-fold ensemble (BatchNorm statistics re-estimated on
 bird-like input, so activations are realistic) is exported with ``birdclef.export`` (one graph,
 mel inside, fp16 IR) and timed in PyTorch eager, ONNX Runtime, and OpenVINO at its default
-precision and at f32. Then the two-family ensemble: the seed-equivalent path (one OpenVINO
+precision (dynamic batch; fixed batch of 12; fixed batch split over 2 streams, as ``infer``
+runs it) and at f32. Then the two-family ensemble: the seed-equivalent path (one OpenVINO
 graph per family, run one after the other, default precision) against the project's
-candidates. Each group (a backbone's four runtimes; the ensemble's candidates) runs in a
+candidates. Each group (a backbone's runtimes; the ensemble's candidates) runs in a
 child process of its own (memory), its runtimes side by side in that one process, in
 alternating order, after warm-up runs; the numbers are medians. Error = max |probability -
 PyTorch eager fp32|. Models and exports can be kept and reused with ``--work DIR``.
@@ -180,6 +181,7 @@ def family_group(models: Path, folder: Path, folds: int, soundscape: np.ndarray,
                "onnxruntime": lambda x: session.run(None, {"wave": x})[0],
                "openvino_default": default,
                "openvino_static": ExportedFamily(folder, threads=threads, batch=WINDOWS),
+               "openvino_infer": ExportedFamily(folder, threads=threads, streams=threads, batch=WINDOWS),
                "openvino_f32": ExportedFamily(folder, threads=threads, precision="f32")}
     reference = eager(soundscape)
     return (measure(runners, reference, soundscape, repeats, warmup, settle), reference, default.precision,
@@ -289,7 +291,8 @@ def main(
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     columns = [("onnxruntime", "ORT"), ("openvino_default", f"OV {precision} (default)"),
-               ("openvino_static", f"OV {precision} batch {WINDOWS}"), ("openvino_f32", "OV f32")]
+               ("openvino_static", f"OV {precision} batch {WINDOWS}"),
+               ("openvino_infer", f"OV {precision} {threads} streams"), ("openvino_f32", "OV f32")]
     print(f"{'backbone (' + str(folds) + ' folds, 1 graph)':<30}{'eager':>8}" + "".join(f"{title:>22}" for _, title in columns))
     for backbone in backbones:
         eager = results[backbone]["eager"][0]
@@ -297,6 +300,9 @@ def main(
                         for name, _ in columns)
         print(f"{backbone:<30}{eager:>8.3f}{cells}")
         print(f"{'  max |error| vs eager':<38}" + "".join(f"{results[backbone][name][1]:>22.1e}" for name, _ in columns))
+    print(f"OpenVINO as infer runs it ({threads} streams, fixed batch of {WINDOWS}) against PyTorch eager: "
+          + ", ".join(f"{backbone} {results[backbone]['eager'][0] / results[backbone]['openvino_infer'][0]:.2f}x "
+                      "faster" for backbone in backbones))
     for backbone in backbones:
         info = exports[backbone]
         parity = info["parity"]
