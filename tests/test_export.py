@@ -113,6 +113,26 @@ def test_export_writes_the_files_and_metadata(exported):
     assert max(f32, key=shape_size).get_output_shape(0) == [2050, 1, 2048]  # the Fourier kernels
 
 
+def test_export_is_byte_identical_from_another_checkout(trained, exported, tmp_path):
+    """The ONNX file must not depend on where the code lives, or every clone's `dvc repro`
+    gives the export stage (and all after it) a new hash."""
+    from conftest import REPO, python, run, tool_env
+
+    out, _ = exported
+    source = REPO / "src"
+    other = tmp_path / "elsewhere" / "src"
+    shutil.copytree(source, other, ignore=shutil.ignore_patterns("__pycache__"))
+    again = tmp_path / "again" / "eca"
+    script = (f"import birdclef; assert birdclef.__file__.startswith({str(other)!r}), birdclef.__file__; "
+              f"from birdclef.export import export_family; "
+              f"export_family({str(trained)!r}, 'eca', {EXPORTED_FOLDS}, {str(again)!r}, {SAMPLES})")
+    run([python(), "-c", script], tmp_path, tool_env(PYTHONPATH=str(other)))
+    data = (out / "model.onnx").read_bytes()
+    assert str(source).encode() not in data
+    assert (again / "model.onnx").read_bytes() == data
+    assert (again / "model.xml").read_bytes() == (out / "model.xml").read_bytes()
+
+
 @pytest.mark.parametrize("batch", [1, 7])
 def test_runtimes_match_pytorch_on_new_batches(ensemble, exported, batch):
     import onnxruntime as ort

@@ -235,9 +235,21 @@ def _export_onnx(ensemble: FoldEnsemble, path: Path, window_samples: int, opset:
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes={INPUT_NAME: {0: batch}}, verbose=False,
             )
+        _drop_source_paths(program.model)
         program.save(str(path), external_data=False)
     finally:
         ensemble.frontend.exportable = False
+
+
+def _drop_source_paths(model) -> None:
+    """Remove the exporter's per-node Python stack traces: they hold the absolute paths of the
+    checkout and the venv, so the same models exported from two clones gave two ONNX files
+    (and two DVC hashes). The other node metadata (module hierarchy) stays."""
+    import onnx_ir as ir
+
+    for graph in (model.graph, *model.functions.values()):
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
 
 
 def frontend_settings(frontend) -> dict:
