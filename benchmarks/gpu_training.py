@@ -11,6 +11,7 @@ dtype), written first into ``--work``.
 
     python benchmarks/gpu_training.py --workers 8,14 --wave-dtypes float32,float16 --steps 80
     python benchmarks/gpu_training.py --workers 15 --main-threads 0,1,4 --pin-memory true,false
+    python benchmarks/gpu_training.py --channels-last true,false   # train.channels_last
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main(
     main_threads: str = typer.Option("0", help="Comma-separated torch thread counts of the main process "
                                      "(0: torch's default, one per core)."),
     pin_memory: str = typer.Option("true", help="Comma-separated DataLoader pin_memory settings."),
+    channels_last: str = typer.Option("true", help="Comma-separated: NHWC parameters (train.channels_last)."),
     steps: int = typer.Option(40),
     recordings: int = typer.Option(600),
 ) -> None:
@@ -82,8 +84,10 @@ def main(
     classes = [f"sp{i:03d}" for i in range(206)]
     table = synthetic_store(work, recordings, 30.0, classes)
     print(f"device: {torch.cuda.get_device_name()}, batch {batch}, {steps} steps")
-    for name in backbones.split(","):
+    for name, nhwc in itertools.product(backbones.split(","), [value == "true" for value in channels_last.split(",")]):
         model = BirdClassifier(name, len(classes), spec_augment=SpecAugment()).to(device).train()
+        if nhwc:
+            model = model.to(memory_format=torch.channels_last)
         filtering = RandomFiltering().to(device).train()
         loss_fn = build_loss("focal_bce")
         optimizer = torch.optim.RAdam(model.parameters(), lr=1e-3)
@@ -109,7 +113,7 @@ def main(
             while True:
                 yield from loader
 
-        print(name)
+        print(f"{name}, channels_last {nhwc}")
         for threads in map(int, main_threads.split(",")):
             torch.set_num_threads(threads or default_threads)
             alone = steps_per_second(step, random_batches(), steps) * batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -206,3 +207,31 @@ def test_seed_backbones_train_step(backbone, channels):
     focal_bce(out.clip_logits, torch.rand(2, 206)).backward()
     assert model.head.pool.p.grad is not None
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+
+
+def test_channels_last_model_computes_what_the_contiguous_one_does():
+    from conftest import tiny_params
+
+    from birdclef.train import build_model
+
+    params = tiny_params()
+    family = params.family["eca"]
+    torch.manual_seed(0)
+    nhwc = build_model(family, 5, replace(params.train, channels_last=True))
+    nchw = build_model(family, 5, replace(params.train, channels_last=False))
+    nchw.load_state_dict(nhwc.state_dict())
+    wave = torch.randn(2, 32000)
+    results = []
+    for model in (nhwc, nchw):
+        features = []
+        model.backbone.register_forward_hook(lambda module, inputs, output: features.append(output[-1]))
+        output = model.eval()(wave)
+        output.clip_logits.sum().backward()
+        grads = torch.cat([parameter.grad.flatten() for parameter in model.parameters()])
+        results.append((features[0], output.clip_logits.detach(), grads))
+    (nhwc_features, *nhwc_values), (nchw_features, *nchw_values) = results
+    # The layout is what differs: the backbone's feature maps come out NHWC only from the first.
+    assert nhwc_features.is_contiguous(memory_format=torch.channels_last) and not nhwc_features.is_contiguous()
+    assert nchw_features.is_contiguous()
+    torch.testing.assert_close(nhwc_values[0], nchw_values[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(nhwc_values[1], nchw_values[1], atol=1e-4, rtol=1e-3)

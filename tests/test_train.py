@@ -46,12 +46,32 @@ def test_short_run_writes_its_outputs_and_is_deterministic(workspace):
 
 def test_validate_every_validates_every_nth_epoch_and_keeps_the_best_of_those(workspace):
     root, params = workspace
-    params = replace(params, train=replace(params.train, epochs=4, validate_every=2))
+    # One loader worker, kept alive across the 4 epochs and both validations: still deterministic.
+    params = replace(params, train=replace(params.train, epochs=4, validate_every=2, num_workers=1))
     meta = train_fold(params, "eca", 0, paths(root, "every-2"))
     steps = pd.read_csv(root / "logs/every-2/plots/metrics/val/auc.tsv", sep="\t")
     assert len(steps) == 2  # epochs 2 and 4 of 4
     assert meta["best_epoch"] in (1, 3)
     assert meta["val_auc"] == pytest.approx(steps["auc"].max())
+    losses = pd.read_csv(root / "logs/every-2/plots/metrics/train/loss.tsv", sep="\t")
+    assert len(losses) == 4  # one row per epoch
+    again = train_fold(params, "eca", 0, paths(root, "every-2-again"))
+    assert again["val_auc"] == meta["val_auc"] and again["best_epoch"] == meta["best_epoch"]
+
+
+def test_stage_logger_syncs_exactly_where_dvclive_would():
+    from dvclive.lightning import _should_sync
+
+    from birdclef.train import StageLogger
+
+    def update_train_epoch_metrics():  # the name of one of Lightning's syncing callers
+        return StageLogger._called_to_sync(), _should_sync()
+
+    def log_something_else():
+        return StageLogger._called_to_sync(), _should_sync()
+
+    assert update_train_epoch_metrics() == (True, True)
+    assert log_something_else() == (False, False)
 
 
 def test_pretrained_backbone_is_loaded_strictly(workspace):

@@ -104,6 +104,7 @@ class TrainParams:
     batch_size: int
     num_workers: int
     precision: str
+    channels_last: bool
     min_lr: float
     label_smoothing: float
     hidden: int

@@ -75,9 +75,10 @@ def corpus_backbone(params: Params, family_name: str, raw: Path, store: Path, lo
     model = build_model(family, len(classes), params.train)
     module = BirdModule(model, params.loss, pretrain_family, params.train)
     # The seed's pretraining used no class-weighted sampler: a plain shuffle.
-    loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True,
-                        num_workers=worker_count(params.train.num_workers), shuffle=True,
-                        generator=torch.Generator().manual_seed(params.seed))
+    workers = worker_count(params.train.num_workers)
+    loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True, num_workers=workers,
+                        shuffle=True, generator=torch.Generator().manual_seed(params.seed),
+                        persistent_workers=workers > 0)
     trainer = make_trainer(params, params.pretrain.epochs, logs, [], validate=False)
     trainer.fit(module, loader)
     return model.backbone_state_dict(), {"classes": len(classes), "recordings": len(corpus)}
