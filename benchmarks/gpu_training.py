@@ -1,13 +1,16 @@
 """Training throughput on a GPU: the full recipe with the HDF5 loader vs the model alone.
 
-For each real backbone: samples/s of training steps (RandomFiltering, mel front end,
-SpecAugment, focal+BCE, RAdam; fp32 with TF32 matmuls) fed (a) by random tensors already on
+For each family of the real recipe (experiment=birdclef2025: eca_nfnet_l0 with RAdam,
+tf_efficientnetv2_s with AdamW): samples/s of the train stage's step (``build_model``,
+``build_optimizer``; RandomFiltering, mel front end, SpecAugment, the recipe's loss; fp32 with
+TF32 matmuls) fed (a) by random tensors already on
 the GPU and (b) by the real DataLoader over a sharded HDF5 store (random 5-s crops, label
 smoothing, mixup 0.5, peak normalisation), for each worker count in ``--workers`` and each
 wave dtype the workers hand over in ``--wave-dtypes``. The ratio b/a says whether the loader
 keeps the GPU busy (goal >= 90 %). "loader alone" is the DataLoader iterated with no GPU
 work: what it could deliver. The store is synthetic (random audio at the real rate and
-dtype), written first into ``--work``.
+dtype), written first into ``--work``. ``--device cpu`` runs the same code on the CPU (a smoke
+test of this script, not a measurement of the goal).
 
     python benchmarks/gpu_training.py --workers 8,14 --wave-dtypes float32,float16 --steps 80
     python benchmarks/gpu_training.py --workers 15 --main-threads 0,1,4 --pin-memory true,false
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import typer
+from training_step import composed_params
 
 
 def synthetic_store(root: Path, recordings: int, seconds: float, classes: list[str]):
@@ -43,22 +48,20 @@ def synthetic_store(root: Path, recordings: int, seconds: float, classes: list[s
     return pd.DataFrame(rows)
 
 
-def steps_per_second(step, batches, steps: int) -> float:
-    import torch
-
+def steps_per_second(step, batches, steps: int, synchronize) -> float:
     for _ in range(20):  # warm-up: cudnn autotuning, allocator, loader workers starting
         step(*next(batches))
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         step(*next(batches))
-    torch.cuda.synchronize()
+    synchronize()
     return steps / (time.perf_counter() - start)
 
 
 def main(
     work: Path = typer.Option(Path("/tmp/gpu-bench"), help="Where to write the synthetic store."),
-    backbones: str = typer.Option("eca_nfnet_l0,tf_efficientnetv2_s.in21k"),
+    families: str = typer.Option("eca,ebs", help="Comma-separated family names of the real recipe."),
     batch: int = typer.Option(64),
     workers: str = typer.Option("12", help="Comma-separated DataLoader worker counts."),
     wave_dtypes: str = typer.Option("float16", help="Comma-separated dtypes the workers emit."),
@@ -68,29 +71,33 @@ def main(
     channels_last: str = typer.Option("true", help="Comma-separated: NHWC parameters (train.channels_last)."),
     steps: int = typer.Option(40),
     recordings: int = typer.Option(600),
+    device: str = typer.Option("cuda", help="cuda; or cpu to smoke-test the script."),
 ) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from birdclef.augment import RandomFiltering, SpecAugment
+    from birdclef.augment import RandomFiltering
     from birdclef.data import TrainingWindows
     from birdclef.losses import build_loss
-    from birdclef.model import BirdClassifier
+    from birdclef.params import load_params
+    from birdclef.train import build_model, build_optimizer
 
+    params = load_params(composed_params(["experiment=birdclef2025"]))
     default_threads = torch.get_num_threads()
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    device = torch.device("cuda")
+    on_gpu = device == "cuda"
+    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     classes = [f"sp{i:03d}" for i in range(206)]
+    window = round(params.audio.window_seconds * params.audio.sample_rate)
     table = synthetic_store(work, recordings, 30.0, classes)
-    print(f"device: {torch.cuda.get_device_name()}, batch {batch}, {steps} steps")
-    for name, nhwc in itertools.product(backbones.split(","), [value == "true" for value in channels_last.split(",")]):
-        model = BirdClassifier(name, len(classes), spec_augment=SpecAugment()).to(device).train()
-        if nhwc:
-            model = model.to(memory_format=torch.channels_last)
+    print(f"device: {torch.cuda.get_device_name() if on_gpu else 'cpu'}, batch {batch}, {steps} steps")
+    for name, nhwc in itertools.product(families.split(","), [value == "true" for value in channels_last.split(",")]):
+        family = params.family[name]
+        model = build_model(family, len(classes), replace(params.train, channels_last=nhwc)).to(device).train()
         filtering = RandomFiltering().to(device).train()
-        loss_fn = build_loss("focal_bce")
-        optimizer = torch.optim.RAdam(model.parameters(), lr=1e-3)
+        loss_fn = build_loss(params.loss)
+        optimizer = build_optimizer(family, model.parameters())
 
         def step(wave, target):
             wave, target = wave.to(device, non_blocking=True).float(), target.to(device, non_blocking=True)
@@ -100,32 +107,35 @@ def main(
             optimizer.step()
 
         def random_batches():
-            wave = torch.randn(batch, 160000, device=device)
+            wave = torch.randn(batch, window, device=device)
             target = torch.rand(batch, len(classes), device=device)
             while True:
                 yield wave, target
 
         def loader_batches(count: int, dtype: str, pin: bool):
-            windows = TrainingWindows(work, table, list(range(len(table))), classes, 160000, 0.05, 0.5,
-                                      wave_dtype=dtype)
+            windows = TrainingWindows(work, table, list(range(len(table))), classes, window,
+                                      params.train.label_smoothing, params.train.augment.mixup_p, wave_dtype=dtype)
             loader = DataLoader(windows, batch_size=batch, shuffle=True, drop_last=True, num_workers=count,
-                                pin_memory=pin, persistent_workers=True, prefetch_factor=4)
+                                pin_memory=pin, persistent_workers=count > 0,
+                                prefetch_factor=4 if count else None)
             while True:
                 yield from loader
 
-        print(f"{name}, channels_last {nhwc}")
+        print(f"{name} ({family.backbone}, {family.optimizer}), channels_last {nhwc}")
         for threads in map(int, main_threads.split(",")):
             torch.set_num_threads(threads or default_threads)
-            alone = steps_per_second(step, random_batches(), steps) * batch
+            alone = steps_per_second(step, random_batches(), steps, synchronize) * batch
             print(f"  main threads {torch.get_num_threads():2d}: model alone {alone:7.0f} samples/s")
             for count, dtype, pin in itertools.product(map(int, workers.split(",")), wave_dtypes.split(","),
-                                                       [value == "true" for value in pin_memory.split(",")]):
-                delivered = steps_per_second(lambda *_: None, loader_batches(count, dtype, pin), steps) * batch
-                fed = steps_per_second(step, loader_batches(count, dtype, pin), steps) * batch
+                                                       [on_gpu and value == "true" for value in pin_memory.split(",")]):
+                delivered = steps_per_second(lambda *_: None, loader_batches(count, dtype, pin), steps,
+                                             synchronize) * batch
+                fed = steps_per_second(step, loader_batches(count, dtype, pin), steps, synchronize) * batch
                 print(f"    {count:2d} workers, {dtype}, pin {pin!s:<5}: loader alone {delivered:7.0f} samples/s"
                       f"   with loader {fed:7.0f} samples/s   ratio {fed / alone:.0%}")
         del model, optimizer
-        torch.cuda.empty_cache()
+        if on_gpu:
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

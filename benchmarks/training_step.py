@@ -52,7 +52,7 @@ def main(
     from birdclef.augment import RandomFiltering
     from birdclef.losses import build_loss
     from birdclef.params import load_params
-    from birdclef.train import build_model
+    from birdclef.train import build_model, build_optimizer
 
     params = load_params(composed_params(["experiment=birdclef2025"] if experiment else []))
     samples = round(params.audio.window_seconds * params.audio.sample_rate)
@@ -63,14 +63,13 @@ def main(
     print(f"{device}, {torch.get_num_threads()} threads, batch {batch}, median of {steps} steps")
     for name in families.split(","):
         family = params.family[name]
-        optimizer_class = torch.optim.RAdam if family.optimizer == "radam" else torch.optim.AdamW
         variants = {}
         for label, channels_last, foreach in (("baseline", False, False), ("channels_last", True, False),
                                               ("+ foreach", True, True)):
             torch.manual_seed(0)
             model = build_model(family, classes, replace(params.train, channels_last=channels_last))
             model = model.to(device).train()
-            optimizer = optimizer_class(model.parameters(), lr=family.lr, foreach=foreach)
+            optimizer = build_optimizer(family, model.parameters(), foreach=foreach)
             variants[label] = (model, optimizer, [])
         for step in range(steps + 3):
             for model, optimizer, times in variants.values():

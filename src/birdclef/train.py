@@ -86,10 +86,7 @@ class BirdModule(L.LightningModule):
         self.log("val_auc", macro_roc_auc(self.file_targets, file_scores), prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self):
-        family = self.family
-        # foreach: one multi-tensor update per step; torch picks it by itself on GPUs only.
-        optimizer_class = torch.optim.RAdam if family.optimizer == "radam" else torch.optim.AdamW
-        optimizer = optimizer_class(self.parameters(), lr=family.lr, weight_decay=family.weight_decay, foreach=True)
+        optimizer = build_optimizer(self.family, self.parameters())
         # One cosine decay from lr to min_lr over all steps, stepped per batch (the seed's
         # CosineAnnealingWarmRestarts with T_0 = the whole run: no warm-up, no restart).
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -150,6 +147,15 @@ def background_mixer(raw: Path, store_root: Path, train: TrainParams) -> Backgro
     if not sources:
         return None
     return BackgroundMixer(sources, p=augment.background_p, weight_range=tuple(augment.background_weight))
+
+
+def build_optimizer(family: FamilyParams, parameters, foreach: bool = True) -> torch.optim.Optimizer:
+    """The family's optimizer (seed spec §2: RAdam or AdamW at the family's lr).
+
+    ``foreach``: one multi-tensor update per step; torch picks it by itself on GPUs only.
+    """
+    optimizer_class = torch.optim.RAdam if family.optimizer == "radam" else torch.optim.AdamW
+    return optimizer_class(parameters, lr=family.lr, weight_decay=family.weight_decay, foreach=foreach)
 
 
 def build_model(family: FamilyParams, num_classes: int, train: TrainParams) -> BirdClassifier:
