@@ -34,6 +34,11 @@ def test_every_command_has_help(tmp_path, command):
     (lambda p: p["infer"].update(precision="fp8"), "'infer.precision' is 'fp8'; use f32, bf16 or null"),
     (lambda p: p["infer"].update(streams=0), "infer.streams must be at least 1"),
     (lambda p: p["train"].update(epochs=5, validate_every=2), "train.epochs (5) must be a multiple of train.validate_every"),
+    (lambda p: p.update(teachers={}), "round round1 trains with data/pseudo/round0, which no stage writes; "
+                                      "add 'teachers.round0: data/raw/pseudo'"),
+    (lambda p: p["teachers"].update(round0="data/pseudo/x"), "'teachers.round0' is 'data/pseudo/x', but round "
+                                                             "round0 trains with 'data/raw/pseudo'"),
+    (lambda p: p["teachers"].update(round9="data/raw/pseudo"), "'teachers.round9' is not a round"),
 ])
 def test_wrong_params_are_named(tmp_path, edit, message):
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from birdclef.export import export_family
-from birdclef.infer import infer, load_ensemble, predict, top_n_rescale
+from birdclef.infer import InferError, infer, load_ensemble, predict, raven_tables, top_n_rescale
 from conftest import REPO, python, run, tone, write_audio
 from trained_models import CLASSES, realistic_random_model, save_trained
 
@@ -93,6 +93,19 @@ def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
     selections = pd.read_csv(tmp_path / "raven" / "a.selections.txt", sep="\t")
     assert list(selections.columns[:3]) == ["Selection", "View", "Channel"]
     assert len(selections) == 2 * len(CLASSES)  # threshold 0: every window and species
+    assert (selections["High Freq (Hz)"] == 16000).all()  # Nyquist at 32 kHz
+    assert len(pd.read_csv(tmp_path / "raven" / "sub__d.selections.txt", sep="\t")) == len(CLASSES)
+
+
+def test_raven_tables_are_one_per_recording_or_refused(tmp_path):
+    for name in ("site1/x.wav", "site2/x.wav", "x.wav", "other/x.wav"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    under_root = [tmp_path / "site1/x.wav", tmp_path / "site2/x.wav", tmp_path / "x.wav"]
+    assert list(raven_tables(under_root, [tmp_path]).values()) == [
+        "site1__x.selections.txt", "site2__x.selections.txt", "x.selections.txt"]
+    with pytest.raises(InferError, match="site1/x.wav and .*site2/x.wav would both write the Raven table x"):
+        raven_tables([tmp_path / "site1/x.wav", tmp_path / "site2/x.wav"], [tmp_path / "site1", tmp_path / "site2"])
 
 
 def test_predict_command_line(exports, tmp_path):

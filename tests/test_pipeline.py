@@ -10,6 +10,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import TINY, dvc, project_copy
 
@@ -37,6 +38,18 @@ def test_dvc_pipeline_from_a_fresh_clone(tmp_path):
     assert {"round0", "round1", "submission_soundscape_auc"} <= set(metrics)
     assert 0.0 <= metrics["submission_soundscape_auc"] <= 1.0
     assert "Data and pipelines are up to date" in dvc(["status"], project).stdout
+    assert not (project / "data/pseudo/round1").exists()  # the last round teaches nobody
+
+    # A training-budget change re-runs the training, not the backbone pretraining.
+    params_file = project / "params.yaml"
+    committed = params_file.read_text()
+    params = yaml.safe_load(committed)
+    params["train"]["epochs"] = 2
+    params_file.write_text(yaml.safe_dump(params))
+    changed = set(json.loads(dvc(["status", "--json"], project).stdout))
+    params_file.write_text(committed)
+    assert "train@round0-eca-0" in changed and "train@round1-ebs-1" in changed
+    assert not {stage for stage in changed if stage.startswith(("pretrain", "download", "precompute", "prepare"))}
 
     dvc(["exp", "run", "-n", "tiny-bce", *overrides, "-S", "loss=bce"], project)
     table = dvc(["exp", "show", "--csv", "--no-pager"], project).stdout

@@ -44,12 +44,12 @@ def test_later_files_only_add_soundscapes_the_earlier_did_not_cover():
 def test_pool_files_chunks_under_their_class_in_priority_order(tmp_path):
     chunks([("S1_5", [0.9, 0.0, 0.0]), ("S1_60", [0.0, 0.3, 0.95])]).to_csv(tmp_path / "00-a.csv", index=False)
     chunks([("S1_10", [0.0, 0.99, 0.0]), ("S2_15", [0.0, 0.99, 0.0])]).to_csv(tmp_path / "01-b.csv", index=False)
-    keys = {"train_soundscapes/S1.ogg", "train_soundscapes/S2.ogg"}
+    keys = {"train_soundscapes/S1.ogg", "train_soundscapes/S2.flac"}  # any format the store took
     pool = load_pool(tmp_path, CLASSES, 0.5, 0.1, swap_p=0.4, store_keys=keys)
     assert len(pool) == 3
     assert [(c.key, c.end_s) for c in pool.chunks_by_class["41778"]] == [("train_soundscapes/S1.ogg", 60.0)]
     np.testing.assert_allclose(pool.chunks_by_class["41778"][0].target, [0.0, 0.3, 0.95])
-    assert [c.end_s for c in pool.chunks_by_class["bbb1"]] == [15.0]
+    assert [(c.key, c.end_s) for c in pool.chunks_by_class["bbb1"]] == [("train_soundscapes/S2.flac", 15.0)]
 
 
 def test_swap_probability_and_same_class_draws(tmp_path):

@@ -165,6 +165,9 @@ def train(
     rounds = {item.name: item for item in params.rounds}
     if round not in rounds:
         raise _fail(ValueError(f"unknown round {round!r}; params.yaml has {', '.join(rounds)}"))
+    if fold not in range(params.prepare.n_folds):
+        raise _fail(ValueError(f"fold {fold} does not exist; prepare.n_folds is {params.prepare.n_folds} "
+                               f"(folds 0..{params.prepare.n_folds - 1})"))
     run_name = Path(round) / family / f"fold{fold}"
     pseudo = Path(rounds[round].pseudo)
     paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
@@ -194,12 +197,14 @@ def pseudo(
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Pseudo-label every unlabelled soundscape (12 windows of 5 s) with a round's ensemble."""
+    from birdclef.export import ExportError
+    from birdclef.params import PSEUDO_ROOT
     from birdclef.pseudo import PseudoError, pseudo_label_round
 
     params = _load(params_path)
     try:
-        summary = pseudo_label_round(params, round, models, inherit, store, out or Path("data/pseudo") / round)
-    except (PseudoError, FileNotFoundError) as error:
+        summary = pseudo_label_round(params, round, models, inherit, store, out or Path(PSEUDO_ROOT) / round)
+    except (PseudoError, ExportError, FileNotFoundError) as error:
         raise _fail(error) from None
     typer.echo(f"pseudo {round}: {summary}")
 
@@ -262,9 +267,14 @@ def evaluate(
     """CV and OOF ROC-AUC per round and family, soundscape ROC-AUC per round and of the
     submission (where labels exist), per-class AUC for `dvc plots`."""
     from birdclef.evaluate import evaluate as run
+    from birdclef.export import ExportError
+    from birdclef.pseudo import PseudoError
 
     params = _load(params_path)
-    metrics_summary = run(params, models, tables, store, raw, submission, out, plots)
+    try:
+        metrics_summary = run(params, models, tables, store, raw, submission, out, plots)
+    except (ExportError, PseudoError, FileNotFoundError) as error:
+        raise _fail(error) from None
     typer.echo(json.dumps(metrics_summary, indent=2))
 
 
@@ -275,7 +285,8 @@ def predict(
     exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
     raven: Annotated[Optional[Path], typer.Option(help="Also write Raven selection tables here.")] = None,
     threshold: Annotated[float, typer.Option(help="Raven tables list scores at or above this.")] = 0.5,
-    top_n: Annotated[int, typer.Option(help="TopN rescaling per file (0 = off).")] = 0,
+    top_n: Annotated[int, typer.Option(help="TopN rescaling per file (0 = off: raw window scores; "
+                                              "the submission uses infer.top_n on 60-s soundscapes).")] = 0,
     threads: Annotated[int, typer.Option(help="OpenVINO threads (0 = all cores).")] = 0,
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:

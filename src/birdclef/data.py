@@ -210,5 +210,6 @@ def training_sampler(labels: list[str], mode: str, seed: int) -> WeightedRandomS
 
 
 def worker_count(requested: int) -> int:
-    """``requested`` DataLoader workers, or one per core when 0... minus the main process."""
+    """``requested`` DataLoader workers (0: load in the main process), or for -1 one per core
+    but the main process's."""
     return requested if requested >= 0 else max(0, (os.cpu_count() or 1) - 1)

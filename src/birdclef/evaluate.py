@@ -3,8 +3,9 @@
 Scores, all with the Kaggle rule (macro ROC-AUC over the classes that have positives):
 - per round and family: the mean of the folds' validation ROC-AUC and the OOF ROC-AUC (all
   folds' best-epoch validation scores pooled, files reduced by max over 5-s chunks);
-- per round: the soundscape ROC-AUC of that round's PyTorch ensemble on the labelled test
-  soundscapes (windows as rows), so the student round can be compared with its teacher;
+- per round: the soundscape ROC-AUC of that round's PyTorch ensemble, and of each family, on
+  the labelled test soundscapes (windows as rows), so the student round can be compared with
+  its teacher and the families with each other;
 - the submission's soundscape ROC-AUC: the exported OpenVINO ensemble, as submitted.
 The last two need ``test_soundscapes_labels.csv`` (the sample has it; Kaggle's test is hidden).
 """
@@ -50,8 +51,9 @@ def soundscape_auc(labels, predictions) -> tuple[float, dict[str, float]]:
     return round(macro_roc_auc(targets, scores), 5), per_class
 
 
-def round_predictions(params, models: Path, store: Path, keys: list[str], classes: list[str]):
-    """A round's PyTorch ensemble on the test soundscapes, with TopN, as a submission frame."""
+def round_predictions(params, models: Path, store: Path, keys: list[str], classes: list[str]) -> dict:
+    """A round's PyTorch models on the test soundscapes, with TopN, as submission frames: one
+    per family and ``"ensemble"``, the families' mean."""
     import pandas as pd
 
     from birdclef.infer import top_n_rescale
@@ -59,14 +61,18 @@ def round_predictions(params, models: Path, store: Path, keys: list[str], classe
 
     ensembles, model_classes = teacher_ensembles(models, params.families, params.folds)
     window = round(params.audio.window_seconds * params.audio.sample_rate)
-    scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"evaluate {models.name}")
+    family_scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"evaluate {models.name}")
     soundscapes = np.asarray([split_row_id(row_id)[0] for row_id in row_ids])
-    for soundscape in np.unique(soundscapes):
-        chosen = soundscapes == soundscape
-        scores[chosen] = top_n_rescale(scores[chosen], params.infer.top_n)
-    frame = pd.DataFrame(scores, columns=model_classes)[classes]
-    frame.insert(0, "row_id", row_ids)
-    return frame
+    named = dict(zip(params.families, family_scores))
+    named["ensemble"] = family_scores.mean(axis=0)  # before TopN, as infer's ensemble
+    frames = {}
+    for name, scores in named.items():
+        for soundscape in np.unique(soundscapes):
+            chosen = soundscapes == soundscape
+            scores[chosen] = top_n_rescale(scores[chosen], params.infer.top_n)
+        frames[name] = pd.DataFrame(scores, columns=model_classes)[classes]
+        frames[name].insert(0, "row_id", row_ids)
+    return frames
 
 
 def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submission: Path,
@@ -86,8 +92,10 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
         result = {family: cross_validation(round_models, family, params.folds, table, classes)
                   for family in params.families}
         if labels is not None and test_keys:
-            frame = round_predictions(params, round_models, store, test_keys, classes)
-            result["soundscape_auc"] = soundscape_auc(labels, frame)[0]
+            frames = round_predictions(params, round_models, store, test_keys, classes)
+            for family in params.families:
+                result[family]["soundscape_auc"] = soundscape_auc(labels, frames[family])[0]
+            result["soundscape_auc"] = soundscape_auc(labels, frames["ensemble"])[0]
         metrics[round_params.name] = result
     per_class = {}
     if labels is not None and Path(submission).is_file():

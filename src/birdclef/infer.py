@@ -14,6 +14,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from birdclef import layout
 from birdclef.audio import AudioError, decode
 from birdclef.data import split_windows
 from birdclef.progress import progress_bar
+
+if TYPE_CHECKING:  # OpenVINO loads only where an ensemble is built
+    from birdclef.export import ExportedEnsemble
 
 
 # Kaggle's test soundscapes are one minute long: infer compiles the graph for their windows.
@@ -141,7 +145,7 @@ def find_audio(inputs: list[Path]) -> list[Path]:
     return found
 
 
-def predict(inputs: list[Path], ensemble: Ensemble, out: Path, window_seconds: float, sample_rate: int,
+def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_seconds: float, sample_rate: int,
             top_n: int = 0, raven: Path | None = None, threshold: float = 0.5) -> dict:
     """Score every 5-s window of the given recordings; unreadable files are skipped and listed."""
     import warnings
@@ -151,6 +155,7 @@ def predict(inputs: list[Path], ensemble: Ensemble, out: Path, window_seconds: f
     paths = find_audio(inputs)
     if not paths:
         raise InferError(f"no audio files ({', '.join(layout.AUDIO_SUFFIXES)}) in {', '.join(map(str, inputs))}.")
+    tables = raven_tables(paths, inputs) if raven is not None else {}
     window = round(window_seconds * sample_rate)
     frames, skipped = [], []
     with progress_bar("predict", len(paths)) as advance:
@@ -169,13 +174,30 @@ def predict(inputs: list[Path], ensemble: Ensemble, out: Path, window_seconds: f
                                                 len(recording.wave) / sample_rate).round(3))
             frames.append(frame)
             if raven is not None:
-                _write_raven(frame, ensemble.classes, raven / f"{path.stem}.selections.txt", threshold)
+                _write_raven(frame, ensemble.classes, raven / tables[path], threshold, sample_rate / 2)
     if frames:
         _write_csv(pd.concat(frames, ignore_index=True), out)
     return {"files": len(paths) - len(skipped), "windows": sum(len(f) for f in frames), "skipped": skipped}
 
 
-def _write_raven(frame, classes: list[str], path: Path, threshold: float) -> None:
+def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
+    """Each recording's Raven table name: ``<stem>.selections.txt``, prefixed with the folders
+    between its input folder and it (``a/x.wav`` and ``b/x.wav`` get one table each)."""
+    names = {}
+    for path in paths:
+        folder = next((item for item in map(Path, inputs) if item.is_dir() and path.is_relative_to(item)), None)
+        parts = path.relative_to(folder).parent.parts if folder is not None else ()
+        names[path] = "__".join([*parts, f"{path.stem}.selections.txt"])
+    seen: dict[str, Path] = {}
+    for path, name in names.items():
+        if name in seen:
+            raise InferError(f"{seen[name]} and {path} would both write the Raven table {name}; "
+                             "give their common parent folder instead, or rename one.")
+        seen[name] = path
+    return names
+
+
+def _write_raven(frame, classes: list[str], path: Path, threshold: float, high_hz: float) -> None:
     """A Raven selection table: one selection per window and species scoring >= threshold."""
     import pandas as pd
 
@@ -184,7 +206,7 @@ def _write_raven(frame, classes: list[str], path: Path, threshold: float) -> Non
         scores = np.asarray(row[3:], dtype=np.float32)
         for index in np.flatnonzero(scores >= threshold):
             records.append({"View": "Spectrogram 1", "Channel": 1, "Begin Time (s)": row.start_s,
-                            "End Time (s)": row.end_s, "Low Freq (Hz)": 0, "High Freq (Hz)": 16000,
+                            "End Time (s)": row.end_s, "Low Freq (Hz)": 0, "High Freq (Hz)": high_hz,
                             "Species": classes[index], "Score": round(float(scores[index]), 4)})
     table = pd.DataFrame(records, columns=["View", "Channel", "Begin Time (s)", "End Time (s)",
                                            "Low Freq (Hz)", "High Freq (Hz)", "Species", "Score"])

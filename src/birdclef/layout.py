@@ -1,4 +1,5 @@
-"""Where each stage's files live. The one place that names paths inside ``data/``.
+"""Where each stage's files live. The one place that names the files inside the data folders
+(the folders themselves are dvc.yaml's paths and the commands' defaults).
 
 The raw layout is the competition's (``train.csv``, ``train_audio/<label>/...``,
 ``train_soundscapes/``, ``sample_submission.csv``, ``taxonomy.csv``) plus folders for the
@@ -23,12 +24,6 @@ Every recording is named in the store by its path relative to its root, with the
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-
-RAW = Path("data/raw")
-EXTERNAL = Path("data/external")
-STORE = Path("data/store")
 
 TRAIN_CSV = "train.csv"
 TAXONOMY_CSV = "taxonomy.csv"

@@ -166,10 +166,13 @@ class Params:
     train: TrainParams
     pretrain: PretrainParams
     rounds: list[RoundParams]
+    teachers: dict[str, str]
     pseudo: PseudoParams
     export: ExportParams
     infer: InferParams
 
+
+PSEUDO_ROOT = "data/pseudo"  # where the pseudo stage writes each teacher round's labels
 
 CHOICES = {
     "loss": ("bce", "focal", "focal_bce"),
@@ -224,6 +227,7 @@ def _check(params: Params, path: Path) -> None:
     if params.export.round not in round_names:
         raise ParamsError(f"{path}: 'export.round' is {params.export.round!r}; use one of "
                           f"{', '.join(round_names)} (normally the last).")
+    _check_teachers(params, path)
     if any(fold not in range(params.prepare.n_folds) for fold in params.folds):
         raise ParamsError(f"{path}: 'folds' {params.folds} must lie in 0..{params.prepare.n_folds - 1} "
                           "(prepare.n_folds).")
@@ -245,6 +249,23 @@ def _check(params: Params, path: Path) -> None:
         raise ParamsError(f"{path}: data.sample.min_recordings exceeds max_recordings.")
     if sample is not None and sample.min_recording_seconds > sample.max_recording_seconds:
         raise ParamsError(f"{path}: data.sample.min_recording_seconds exceeds max_recording_seconds.")
+
+
+def _check_teachers(params: Params, path: Path) -> None:
+    """A teacher round's pseudo stage must inherit what the round trained with, and every
+    ``data/pseudo/<round>`` a round trains with must have its teacher (else no stage writes it)."""
+    pseudo_of = {item.name: item.pseudo for item in params.rounds}
+    for name, inherit in params.teachers.items():
+        if name not in pseudo_of:
+            raise ParamsError(f"{path}: 'teachers.{name}' is not a round; rounds are {', '.join(pseudo_of)}.")
+        if inherit != pseudo_of[name]:
+            raise ParamsError(f"{path}: 'teachers.{name}' is {inherit!r}, but round {name} trains with "
+                              f"{pseudo_of[name]!r}; make them equal.")
+    for item in params.rounds:
+        parent, _, teacher = item.pseudo.rpartition("/")
+        if parent == PSEUDO_ROOT and teacher not in params.teachers:
+            raise ParamsError(f"{path}: round {item.name} trains with {item.pseudo}, which no stage writes; "
+                              f"add 'teachers.{teacher}: {pseudo_of.get(teacher, '<its pseudo folder>')}'.")
 
 
 def _get(obj, dotted: str):

@@ -17,7 +17,6 @@ import numpy as np
 
 from birdclef import layout
 
-SOUNDSCAPE_PREFIX = layout.TRAIN_SOUNDSCAPES
 
 
 class PseudoError(ValueError):
@@ -80,11 +79,12 @@ def load_pool(folder: Path, classes: list[str], min_primary_prob: float, trim_pr
                               "one probability column per class.")
     kept = stack(frames, classes, min_primary_prob, trim_prob)
     targets = kept[classes].to_numpy(np.float32)
+    soundscape_keys = {Path(key).stem: key for key in store_keys}  # row ids name soundscapes by stem
     chunks: dict[str, list[PseudoChunk]] = {}
     for row_id, soundscape, label, target in zip(kept["row_id"], kept["soundscape"],
                                                    kept["primary_label"], targets):
-        key = f"{SOUNDSCAPE_PREFIX}/{soundscape}.ogg"
-        if key not in store_keys:
+        key = soundscape_keys.get(soundscape)
+        if key is None:
             raise PseudoError(f"{folder}: pseudo labels name soundscape {soundscape!r}, which is "
                               "not in the store; are they for this dataset?")
         chunks.setdefault(label, []).append(PseudoChunk(key, float(split_row_id(row_id)[1]), target))
@@ -93,23 +93,27 @@ def load_pool(folder: Path, classes: list[str], min_primary_prob: float, trim_pr
 
 def predict_chunks(ensembles, store_root: Path, keys: list[str], window_samples: int,
                    batch_size: int = 32, label: str = "predict") -> tuple[np.ndarray, list[str]]:
-    """Mean probabilities of ``ensembles`` (torch modules: waves -> (B, K)) on every 5-s chunk
-    of ``keys``; returns (rows, K) scores and the Kaggle ``row_id`` of each row."""
+    """Probabilities of each of ``ensembles`` (torch modules: waves -> (B, K)) on every 5-s
+    chunk of ``keys`` (on the GPU where there is one); returns (ensembles, rows, K) scores and
+    the Kaggle ``row_id`` of each row."""
     import torch
 
     from birdclef.data import ValidationChunks
     from birdclef.progress import progress_bar
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ensembles = [ensemble.to(device) for ensemble in ensembles]
     chunks = ValidationChunks(store_root, keys, window_samples)
     loader = torch.utils.data.DataLoader(chunks, batch_size=batch_size)
     scores = []
     with torch.inference_mode(), progress_bar(label, len(loader)) as advance:
         for wave, _ in loader:
-            scores.append(torch.stack([ensemble(wave) for ensemble in ensembles]).mean(0).numpy())
+            wave = wave.to(device)
+            scores.append(torch.stack([ensemble(wave) for ensemble in ensembles]).float().cpu().numpy())
             advance(1)
     seconds = window_samples / chunks.store.sample_rate
     row_ids = [layout.row_id(Path(keys[file]).stem, round((chunk + 1) * seconds)) for file, chunk in chunks.chunks]
-    return np.concatenate(scores), row_ids
+    return np.concatenate(scores, axis=1), row_ids
 
 
 def teacher_ensembles(models: Path, families: list[str], folds: list[int]):
@@ -141,7 +145,8 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
     if not keys:
         raise PseudoError(f"{store}: no {layout.TRAIN_SOUNDSCAPES} in the store to pseudo-label.")
     window = round(params.audio.window_seconds * params.audio.sample_rate)
-    scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"pseudo {round_name}")
+    family_scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"pseudo {round_name}")
+    scores = family_scores.mean(axis=0)
     frame = pd.DataFrame(scores, columns=classes)
     frame.insert(0, "row_id", row_ids)
     frame["primary_label"] = np.asarray(classes)[scores.argmax(axis=1)]

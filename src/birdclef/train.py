@@ -30,7 +30,7 @@ from birdclef.augment import BackgroundMixer, RandomFiltering, SpecAugment, Stor
 from birdclef.data import TrainingWindows, ValidationChunks, training_sampler, worker_count
 from birdclef.labels import multi_hot
 from birdclef.losses import build_loss
-from birdclef.metrics import file_level_max, macro_roc_auc
+from birdclef.metrics import file_level_max, macro_roc_auc, scorable_classes
 from birdclef.model import BirdClassifier
 from birdclef.params import FamilyParams, Params, TrainParams
 from birdclef.store import AudioStore
@@ -196,12 +196,13 @@ class StageLogger(DVCLiveLogger):
 
 def make_trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, validate: bool) -> L.Trainer:
     train = params.train
-    devices = train.devices if train.devices == "auto" else int(train.devices)
+    # "auto", a count ("2") or Lightning's device list ("0,1").
+    devices = int(train.devices) if str(train.devices).isdigit() else train.devices
     logger = StageLogger(dir=str(logs), dvcyaml=False, save_dvc_exp=False, report=None)
     return L.Trainer(
         max_epochs=max_epochs, accelerator=train.accelerator, devices=devices, strategy=train.strategy,
         precision=train.precision, logger=logger, callbacks=callbacks, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validate else 0, check_val_every_n_epoch=train.validate_every,
+        limit_val_batches=1.0 if validate else 0, check_val_every_n_epoch=train.validate_every if validate else 1,
         enable_checkpointing=validate,
         enable_model_summary=False, log_every_n_steps=1,
         deterministic="warn",
@@ -237,6 +238,10 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
     class_index = {label: index for index, label in enumerate(classes)}
     file_targets = np.stack([multi_hot(table["primary_label"].iloc[row], table["secondary_labels"].iloc[row],
                                        class_index) for row in valid_rows])
+    if not scorable_classes(file_targets).any():
+        raise TrainError(f"fold {fold} of split {family.split!r}: no species has both a positive and a negative "
+                         f"validation file ({len(valid_rows)} files), so ROC-AUC is undefined; add recordings "
+                         "of other species or lower prepare.n_folds.")
     model = build_model(family, len(classes), params.train)
     if paths.pretrained is not None and paths.pretrained.is_file():
         model.load_backbone(paths.pretrained)

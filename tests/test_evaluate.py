@@ -1,0 +1,78 @@
+"""A round's models on soundscapes: per-family scores for evaluate, their mean for pseudo labels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from birdclef.evaluate import round_predictions
+from birdclef.export import FoldEnsemble
+from birdclef.pseudo import pseudo_label_round
+from birdclef.store import AudioStore, ShardWriter, write_index
+from trained_models import CLASSES, SAMPLES, realistic_random_model, save_trained
+
+RATE = 32000
+
+
+def soundscape_store(root, collection: str, seconds: float = 10.0):
+    """Two synthetic soundscapes of ``seconds`` in a real HDF5 store."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    writer = ShardWriter(root / f"{collection}-000.h5", RATE, "float16", "test")
+    for name in ("S1", "S2"):
+        wave = (0.3 * np.sin(2 * np.pi * rng.uniform(2000, 6000) * np.arange(int(seconds * RATE)) / RATE)
+                + 0.05 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
+        writer.append(f"{collection}/{name}.ogg", wave, RATE, 1, "OGG")
+    write_index(root, writer.close())
+    return AudioStore(root)
+
+
+@pytest.fixture(scope="module")
+def round_models(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    for seed, family in enumerate(("eca", "ebs")):
+        save_trained(realistic_random_model(seed), models / "round0" / family / "fold0", fold=0, family=family)
+    return models
+
+
+def family_scores(models, family: str, store: AudioStore, key: str) -> np.ndarray:
+    """The family's fold ensemble run directly on the soundscape's 5-s windows."""
+    from birdclef.export import load_fold_models
+
+    fold_models, _ = load_fold_models(models / "round0" / family, [0])
+    windows = torch.from_numpy(store.read_samples(key).astype(np.float32).reshape(-1, SAMPLES))
+    with torch.inference_mode():
+        return FoldEnsemble(fold_models).eval()(windows).numpy()
+
+
+def test_round_predictions_score_each_family_and_their_mean(params, round_models, tmp_path):
+    store = soundscape_store(tmp_path / "store", "test_soundscapes")
+    params.families, params.folds, params.infer.top_n = ["eca", "ebs"], [0], 0
+    keys = store.keys("test_soundscapes")
+    frames = round_predictions(params, round_models / "round0", tmp_path / "store", keys, CLASSES)
+    assert list(frames) == ["eca", "ebs", "ensemble"]
+    assert frames["eca"]["row_id"].tolist() == ["S1_5", "S1_10", "S2_5", "S2_10"]
+    for family in ("eca", "ebs"):
+        direct = np.concatenate([family_scores(round_models, family, store, key) for key in keys])
+        np.testing.assert_allclose(frames[family][CLASSES].to_numpy(), direct, atol=1e-5)
+    assert not np.allclose(frames["eca"][CLASSES], frames["ebs"][CLASSES], atol=1e-3)
+    mean = (frames["eca"][CLASSES].to_numpy() + frames["ebs"][CLASSES].to_numpy()) / 2
+    np.testing.assert_allclose(frames["ensemble"][CLASSES].to_numpy(), mean, atol=1e-6)
+
+
+def test_pseudo_labels_are_the_families_mean_after_the_inherited_files(params, round_models, tmp_path):
+    store = soundscape_store(tmp_path / "store", "train_soundscapes")
+    inherit = tmp_path / "inherit"
+    inherit.mkdir()
+    (inherit / "00-published.csv").write_text("row_id\n")
+    params.families, params.folds = ["eca", "ebs"], [0]
+    out = tmp_path / "pseudo"
+    summary = pseudo_label_round(params, "round0", round_models, inherit, tmp_path / "store", out)
+    assert sorted(path.name for path in out.iterdir()) == ["00-published.csv", "01-round0.csv"]
+    labels = pd.read_csv(out / "01-round0.csv")
+    keys = store.keys("train_soundscapes")
+    mean = np.mean([np.concatenate([family_scores(round_models, family, store, key) for key in keys])
+                    for family in ("eca", "ebs")], axis=0)
+    np.testing.assert_allclose(labels[CLASSES].to_numpy(), mean, atol=1e-5)
+    assert labels["primary_label"].tolist() == np.asarray(CLASSES)[mean.argmax(axis=1)].tolist()
+    assert summary["chunks"] == 4 and summary["inherited_files"] == 1
