@@ -28,6 +28,10 @@ def cross_validation(models: Path, family: str, folds: list[int], table, classes
     import pandas as pd
 
     folders = [models / family / f"fold{fold}" for fold in folds]
+    untrained = [folder for folder in folders if not (folder / "meta.json").is_file()]
+    if untrained:
+        raise FileNotFoundError(f"{untrained[0]}: no trained model (meta.json + oof.csv); run `dvc repro train` "
+                                "first, or evaluate only the trained folds (`folds`).")
     fold_aucs = [json.loads((folder / "meta.json").read_text())["val_auc"] for folder in folders]
     oof = pd.concat([pd.read_csv(folder / "oof.csv") for folder in folders], ignore_index=True)
     rows = table.set_index("key").loc[oof["key"]]
