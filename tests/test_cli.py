@@ -61,3 +61,19 @@ def test_committed_params_are_the_default_composition(tmp_path):
     composed = tmp_path / "params.yaml"
     compose_and_dump(composed, str(REPO / "conf"), None, "config", str(REPO), [])
     assert yaml.safe_load(composed.read_text()) == yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--family", "eca", "--fold", "7"], "fold 7 does not exist; prepare.n_folds is 5"),
+    (["pseudo", "--round", "round0", "--inherit", "none"], "models/round0/eca/fold0: no trained model"),
+    (["evaluate", "--tables", "."], "data/store/index.csv: no store index; run `dvc repro precompute`"),
+])
+def test_stage_commands_name_what_is_missing(tmp_path, args, message):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    # the prepare stage's (empty) tables, so that evaluate stops at the next missing input
+    (tmp_path / "train.csv").write_text("key,primary_label,secondary_labels\n")
+    (tmp_path / "classes.json").write_text("[]")
+    (tmp_path / "folds.csv").write_text("key\n")
+    result = run([python(), "-m", "birdclef", *args], tmp_path, env(), check=False)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -269,11 +269,12 @@ def evaluate(
     from birdclef.evaluate import evaluate as run
     from birdclef.export import ExportError
     from birdclef.pseudo import PseudoError
+    from birdclef.store import StoreError
 
     params = _load(params_path)
     try:
         metrics_summary = run(params, models, tables, store, raw, submission, out, plots)
-    except (ExportError, PseudoError, FileNotFoundError) as error:
+    except (ExportError, PseudoError, StoreError, FileNotFoundError) as error:
         raise _fail(error) from None
     typer.echo(json.dumps(metrics_summary, indent=2))
 
