@@ -67,12 +67,12 @@ def round_predictions(params, models: Path, store: Path, keys: list[str], classe
     window = round(params.audio.window_seconds * params.audio.sample_rate)
     family_scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"evaluate {models.name}")
     soundscapes = np.asarray([split_row_id(row_id)[0] for row_id in row_ids])
+    per_soundscape = [soundscapes == soundscape for soundscape in np.unique(soundscapes)]
     named = dict(zip(params.families, family_scores))
     named["ensemble"] = family_scores.mean(axis=0)  # before TopN, as infer's ensemble
     frames = {}
     for name, scores in named.items():
-        for soundscape in np.unique(soundscapes):
-            chosen = soundscapes == soundscape
+        for chosen in per_soundscape:
             scores[chosen] = top_n_rescale(scores[chosen], params.infer.top_n)
         frames[name] = pd.DataFrame(scores, columns=model_classes)[classes]
         frames[name].insert(0, "row_id", row_ids)

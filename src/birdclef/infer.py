@@ -183,17 +183,17 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
 def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
     """Each recording's Raven table name: ``<stem>.selections.txt``, prefixed with the folders
     between its input folder and it (``a/x.wav`` and ``b/x.wav`` get one table each)."""
-    names = {}
+    folders = [item for item in map(Path, inputs) if item.is_dir()]
+    names: dict[Path, str] = {}
+    owners: dict[str, Path] = {}
     for path in paths:
-        folder = next((item for item in map(Path, inputs) if item.is_dir() and path.is_relative_to(item)), None)
+        folder = next((item for item in folders if path.is_relative_to(item)), None)
         parts = path.relative_to(folder).parent.parts if folder is not None else ()
-        names[path] = "__".join([*parts, f"{path.stem}.selections.txt"])
-    seen: dict[str, Path] = {}
-    for path, name in names.items():
-        if name in seen:
-            raise InferError(f"{seen[name]} and {path} would both write the Raven table {name}; "
+        name = "__".join([*parts, f"{path.stem}.selections.txt"])
+        if name in owners:
+            raise InferError(f"{owners[name]} and {path} would both write the Raven table {name}; "
                              "give their common parent folder instead, or rename one.")
-        seen[name] = path
+        names[path], owners[name] = name, path
     return names
 
 
