@@ -15,6 +15,14 @@ test of this script, not a measurement of the goal).
     python benchmarks/gpu_training.py --workers 8,14 --wave-dtypes float32,float16 --steps 80
     python benchmarks/gpu_training.py --workers 15 --main-threads 0,1,4 --pin-memory true,false
     python benchmarks/gpu_training.py --channels-last true,false   # train.channels_last
+    python benchmarks/gpu_training.py --compile none,reduce-overhead
+
+``--compile`` compiles the network with ``torch.compile`` in the given mode (compilation runs in
+the warm-up, outside the timings). ``reduce-overhead`` replays the forward and backward as
+CUDA graphs: the earlier runs found the fed step bound by the main process's kernel launches,
+not by the loader, and a replayed graph launches once per step. On the CPU, inductor's
+training kernels were 2x slower than eager for the sample's backbones, so the train stage does
+not compile; this option measures whether the GPU is different.
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ def main(
                                      "(0: torch's default, one per core)."),
     pin_memory: str = typer.Option("true", help="Comma-separated DataLoader pin_memory settings."),
     channels_last: str = typer.Option("true", help="Comma-separated: NHWC parameters (train.channels_last)."),
+    compile_modes: str = typer.Option("none", "--compile", help="Comma-separated torch.compile modes: none, default, "
+                                "reduce-overhead (CUDA graphs), max-autotune."),
     steps: int = typer.Option(40),
     recordings: int = typer.Option(600),
     device: str = typer.Option("cuda", help="cuda; or cpu to smoke-test the script."),
@@ -92,9 +102,12 @@ def main(
     window = round(params.audio.window_seconds * params.audio.sample_rate)
     table = synthetic_store(work, recordings, 30.0, classes)
     print(f"device: {torch.cuda.get_device_name() if on_gpu else 'cpu'}, batch {batch}, {steps} steps")
-    for name, nhwc in itertools.product(families.split(","), [value == "true" for value in channels_last.split(",")]):
+    layouts = [value == "true" for value in channels_last.split(",")]
+    for name, nhwc, mode in itertools.product(families.split(","), layouts, compile_modes.split(",")):
         family = params.family[name]
         model = build_model(family, len(classes), replace(params.train, channels_last=nhwc)).to(device).train()
+        if mode != "none":
+            model.compile(mode=mode)  # in place: the state_dict keys stay the train stage's
         filtering = RandomFiltering().to(device).train()
         loss_fn = build_loss(params.loss)
         optimizer = build_optimizer(family, model.parameters())
@@ -121,7 +134,7 @@ def main(
             while True:
                 yield from loader
 
-        print(f"{name} ({family.backbone}, {family.optimizer}), channels_last {nhwc}")
+        print(f"{name} ({family.backbone}, {family.optimizer}), channels_last {nhwc}, compile {mode}")
         for threads in map(int, main_threads.split(",")):
             torch.set_num_threads(threads or default_threads)
             alone = steps_per_second(step, random_batches(), steps, synchronize) * batch
