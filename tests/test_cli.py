@@ -20,10 +20,22 @@ def test_help_is_instant_because_nothing_heavy_is_imported(tmp_path):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["download", "precompute"])
+COMMANDS = ["download", "precompute", "prepare", "pretrain", "train", "pseudo", "export", "infer", "evaluate",
+            "predict"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(tmp_path, command):
     result = run([python(), "-m", "birdclef", command, "--help"], tmp_path, env())
     assert "--params" in result.stdout
+
+
+def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
+    wide = {**env(), "COLUMNS": "400", "TERMINAL_WIDTH": "400"}
+    lines = run([python(), "-m", "birdclef", "--help"], tmp_path, wide).stdout.splitlines()
+    for command in COMMANDS:
+        row = next(line.strip("│ ") for line in lines if line.strip("│ ").startswith(f"{command} "))
+        assert row.endswith("."), row  # not cut at the docstring's first line break
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -7,6 +7,7 @@ read from ``params.yaml`` (``--params``), paths come as options with the pipelin
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,6 +22,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+def command(function):
+    """Register ``function`` as a command. Its docstring's first paragraph, on one line, is
+    its entry in ``birdclef --help`` (typer keeps the source's line breaks there)."""
+    summary = " ".join(inspect.cleandoc(function.__doc__).split("\n\n")[0].split())
+    return app.command(short_help=summary)(function)
+
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="The params file to read.")]
 
@@ -45,7 +53,7 @@ def main() -> None:
     """Bird-sound classification pipeline (BirdCLEF+ 2025 2nd-place recipe)."""
 
 
-@app.command()
+@command
 def download(
     out: Annotated[Path, typer.Option(help="Where to write the raw dataset.")] = Path("data/raw"),
     params_path: ParamsOption = Path("params.yaml"),
@@ -63,7 +71,7 @@ def download(
     typer.echo(f"download: {summary}")
 
 
-@app.command()
+@command
 def precompute(
     raw: Annotated[Path, typer.Option(help="The raw dataset (download's output).")] = Path("data/raw"),
     external: Annotated[Path, typer.Option(help="User-added recordings (tracked by data.dvc).")] = Path(
@@ -90,7 +98,7 @@ def precompute(
     )
 
 
-@app.command()
+@command
 def prepare(
     raw: Annotated[Path, typer.Option(help="The raw dataset.")] = Path("data/raw"),
     external: Annotated[Path, typer.Option(help="User-added recordings.")] = Path("data/external"),
@@ -112,7 +120,7 @@ def prepare(
     typer.echo(f"prepare: {summary}")
 
 
-@app.command()
+@command
 def pretrain(
     family: Annotated[str, typer.Option(help="The model family (a key of `family` in params).")],
     raw: Annotated[Path, typer.Option(help="The raw dataset (pretrain/ corpus, pretrained/ backbones).")] = Path(
@@ -139,7 +147,7 @@ def pretrain(
     typer.echo(f"pretrain: {summary}")
 
 
-@app.command()
+@command
 def train(
     family: Annotated[str, typer.Option(help="The model family (a key of `family` in params).")],
     fold: Annotated[int, typer.Option(help="The validation fold.")],
@@ -187,7 +195,7 @@ def _check_family(params, family: str) -> None:
         raise _fail(ValueError(f"unknown family {family!r}; params.yaml has {', '.join(params.family)}"))
 
 
-@app.command()
+@command
 def pseudo(
     round: Annotated[str, typer.Option(help="The round whose ensemble labels the soundscapes.")],
     inherit: Annotated[Path, typer.Option(help="Pseudo files this round trained with; they keep priority.")],
@@ -209,7 +217,7 @@ def pseudo(
     typer.echo(f"pseudo {round}: {summary}")
 
 
-@app.command()
+@command
 def export(
     family: Annotated[str, typer.Option(help="The model family to export.")],
     models: Annotated[Optional[Path], typer.Option(help="The models to export (default: models/<export.round>).")] = None,
@@ -231,7 +239,7 @@ def export(
     typer.echo(f"export {family}: parity {summary['parity']}")
 
 
-@app.command()
+@command
 def infer(
     exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
     soundscapes: Annotated[Path, typer.Option(help="Soundscapes to submit for.")] = Path("data/raw/test_soundscapes"),
@@ -253,7 +261,7 @@ def infer(
     typer.echo(f"infer: {summary}")
 
 
-@app.command()
+@command
 def evaluate(
     models: Annotated[Path, typer.Option(help="The trained models, one folder per round.")] = Path("models"),
     tables: Annotated[Path, typer.Option(help="The prepare stage's tables.")] = Path("data/tables"),
@@ -279,7 +287,7 @@ def evaluate(
     typer.echo(json.dumps(metrics_summary, indent=2))
 
 
-@app.command()
+@command
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV of per-window scores.")] = Path("predictions.csv"),
