@@ -9,7 +9,8 @@ attention head, focal+BCE, backward, the family's optimizer. The settings compar
 
 The variants run interleaved, step by step, on the same batch, and each prints its median
 step time and its speed-up over the baseline (this machine's timings are noisy: compare
-ratios, not times).
+ratios, not times). First, the same for RandomFiltering's inverse STFT: ``torch.istft`` (the
+seed's) against ``RandomFiltering.inverse_stft`` (the envelope built once), on one spectrum.
 
     python benchmarks/training_step.py                                  # the sample's backbones
     python benchmarks/training_step.py --experiment --batch 4  # the seed's backbones
@@ -61,33 +62,55 @@ def main(
     loss_fn = build_loss(params.loss)
     filtering = RandomFiltering().to(device).train()
     print(f"{device}, {torch.get_num_threads()} threads, batch {batch}, median of {steps} steps")
+    synchronize = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    spec = torch.stft(wave, filtering.n_fft, filtering.hop_length, window=filtering.window, return_complex=True)
+    print("RandomFiltering, inverse STFT:")
+    report(interleaved_medians({
+        "torch.istft": lambda: torch.istft(spec, filtering.n_fft, filtering.hop_length, window=filtering.window,
+                                           length=samples),
+        "inverse_stft": lambda: filtering.inverse_stft(spec, samples),
+    }, steps, synchronize), "ms")
     for name in families.split(","):
         family = params.family[name]
-        variants = {}
+        steps_of = {}
         for label, channels_last, foreach in (("baseline", False, False), ("channels_last", True, False),
                                               ("+ foreach", True, True)):
             torch.manual_seed(0)
             model = build_model(family, classes, replace(params.train, channels_last=channels_last))
             model = model.to(device).train()
             optimizer = build_optimizer(family, model.parameters(), foreach=foreach)
-            variants[label] = (model, optimizer, [])
-        for step in range(steps + 3):
-            for model, optimizer, times in variants.values():
-                start = time.perf_counter()
-                loss = loss_fn(model(filtering(wave)).clip_logits, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if device != "cpu":
-                    torch.cuda.synchronize()
-                if step >= 3:
-                    times.append(time.perf_counter() - start)
-        baseline = statistics.median(variants["baseline"][2])
+            steps_of[label] = training_step(model, optimizer, filtering, loss_fn, wave, target)
         print(f"{name} ({family.backbone}):")
-        for label, (_, _, times) in variants.items():
-            median = statistics.median(times)
-            print(f"  {label:<14} {median * 1000:8.1f} ms/step   {baseline / median:5.2f}x")
+        report(interleaved_medians(steps_of, steps, synchronize), "ms/step")
 
+
+def training_step(model, optimizer, filtering, loss_fn, wave, target):
+    def step():
+        loss = loss_fn(model(filtering(wave)).clip_logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def interleaved_medians(variants: dict, steps: int, synchronize) -> dict[str, float]:
+    """Median seconds per call of each variant, called in turn (so drifts hit all alike)."""
+    times = {label: [] for label in variants}
+    for step in range(steps + 3):  # 3 warm-up calls
+        for label, call in variants.items():
+            start = time.perf_counter()
+            call()
+            synchronize()
+            if step >= 3:
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def report(medians: dict[str, float], unit: str) -> None:
+    """Each variant's median and its speed-up over the first one."""
+    baseline = next(iter(medians.values()))
+    for label, median in medians.items():
+        print(f"  {label:<14} {median * 1000:8.1f} {unit:<7} {baseline / median:5.2f}x")
 
 if __name__ == "__main__":
     typer.run(main)

@@ -210,6 +210,39 @@ def test_random_filtering_is_deterministic_under_a_seed():
     assert not torch.equal(filtering(wave, generator=torch.Generator().manual_seed(8)), first)
 
 
+@pytest.mark.parametrize("hop", [512, 256])
+def test_random_filtering_inverts_its_stft_as_torch_istft_does(hop):
+    filtering = RandomFiltering(hop_length=hop)
+    for n_samples in (160_000, 16_001):
+        wave = torch.randn(3, n_samples, generator=torch.Generator().manual_seed(n_samples))
+        spec = torch.stft(wave, 1024, hop, window=filtering.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+        expected = torch.istft(spec, 1024, hop, window=filtering.window, center=True, length=n_samples)
+        torch.testing.assert_close(filtering.inverse_stft(spec, n_samples), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_random_filtering_never_reads_a_device_value_back():
+    # torch.istft checks its window envelope on every call with at::equal, which on a GPU
+    # copies the result to the host: a stall in every training step. The CPU profile shows
+    # the same operators, so the test runs here.
+    from torch.profiler import profile
+
+    filtering = RandomFiltering()
+    wave = torch.randn(2, 32_000)
+    filtering(wave)  # the first call of a length builds and checks the envelope
+    with profile() as trace:
+        filtering(wave)
+    readbacks = {"aten::equal", "aten::item", "aten::_local_scalar_dense", "aten::is_nonzero"}
+    assert not readbacks & {event.name for event in trace.events()}
+
+
+def test_random_filtering_refuses_hops_that_leave_gaps():
+    with pytest.raises(ValueError, match="must divide n_fft"):
+        RandomFiltering(hop_length=300)
+    with pytest.raises(ValueError, match="no window covers"):
+        RandomFiltering(hop_length=1024)(torch.randn(1, 8000))
+
+
 def test_random_filtering_is_identity_in_eval_mode():
     wave = torch.randn(2, 8000)
     assert RandomFiltering().eval()(wave) is wave

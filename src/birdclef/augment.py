@@ -161,6 +161,11 @@ class RandomFiltering(nn.Module):
     4 gains in U(min_db, 0) dB spread evenly over the spectrum and interpolated linearly
     between, applied to the STFT. It only attenuates; the peak normalisation afterwards
     restores the level. Identity in eval mode. Input and output: waves (B, N).
+
+    The inverse STFT computes what ``torch.istft(center=True)`` does (bit for bit at the default
+    hop of n_fft / 2), but builds and checks the overlap-add envelope once per wave length:
+    ``torch.istft`` rebuilds it on every call and tests it for zeros, and on a GPU that test
+    copies its answer to the host, which stalls every training step until the GPU catches up.
     """
 
     def __init__(
@@ -172,12 +177,15 @@ class RandomFiltering(nn.Module):
         normalize: bool = True,
     ):
         super().__init__()
+        if n_fft % hop_length:
+            raise ValueError(f"RandomFiltering: hop_length {hop_length} must divide n_fft {n_fft}")
         self.n_bands = n_bands
         self.min_db = min_db
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.normalize = normalize
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self._envelopes: dict[tuple, torch.Tensor] = {}
 
     def band_gains(self, batch: int, generator: torch.Generator | None, device) -> torch.Tensor:
         """Amplitude gains (B, n_fft // 2 + 1), each in [10^(min_db/20), 1]."""
@@ -201,19 +209,41 @@ class RandomFiltering(nn.Module):
             return_complex=True,
         )
         spec = spec * self.band_gains(wave.shape[0], generator, wave.device)[:, :, None]
-        # length= keeps all N samples; the seed's inverse STFT dropped the last 256. Same
-        # number of mel frames either way, so the fix is harmless and shapes stay fixed.
-        filtered = torch.istft(
-            spec,
-            self.n_fft,
-            self.hop_length,
-            window=self.window,
-            center=True,
-            length=wave.shape[-1],
-        )
+        # All N samples come back; the seed's inverse STFT dropped the last 256. Same number
+        # of mel frames either way, so the fix is harmless and shapes stay fixed.
+        filtered = self.inverse_stft(spec, wave.shape[-1])
         if not self.normalize:
             return filtered
         return filtered / (filtered.abs().amax(dim=-1, keepdim=True) + 1e-6)
+
+    def inverse_stft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, n_fft // 2 + 1, frames) complex -> (B, length): ``torch.istft(center=True)``."""
+        frames = torch.fft.irfft(spec.transpose(1, 2), n=self.n_fft) * self.window  # (B, frames, n_fft)
+        summed = self._overlap_add(frames)
+        start = self.n_fft // 2  # center=True padded n_fft // 2 on each side
+        return summed[:, start:start + length] / self._envelope(frames.shape[1], length, start, frames)
+
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, frames, n_fft) -> (B, n_fft + hop * (frames - 1)), each frame added at its hop."""
+        batch, n_frames, _ = frames.shape
+        overlap = self.n_fft // self.hop_length
+        parts = frames.reshape(batch, n_frames, overlap, self.hop_length)
+        summed = frames.new_zeros(batch, n_frames + overlap - 1, self.hop_length)
+        for part in range(overlap):  # part k of frame t lands in hop-slot t + k
+            summed[:, part:part + n_frames] += parts[:, :, part]
+        return summed.reshape(batch, -1)
+
+    def _envelope(self, n_frames: int, length: int, start: int, like: torch.Tensor) -> torch.Tensor:
+        """The summed squared windows over the kept samples, (1, length); built and checked once."""
+        key = (n_frames, length, like.device, like.dtype)
+        if key not in self._envelopes:
+            squares = self.window.to(like.dtype).square().expand(1, n_frames, self.n_fft)
+            envelope = self._overlap_add(squares)[:, start:start + length]
+            if envelope.abs().min() < 1e-11:
+                raise ValueError(f"RandomFiltering: n_fft {self.n_fft} with hop {self.hop_length} leaves "
+                                 "samples no window covers; use a hop of at most n_fft // 2")
+            self._envelopes[key] = envelope
+        return self._envelopes[key]
 
 
 class SpecAugment(nn.Module):
