@@ -85,6 +85,7 @@ def main(
 
 
 def training_step(model, optimizer, filtering, loss_fn, wave, target):
+    """One train-stage step on a fixed batch, as a call to time."""
     def step():
         loss = loss_fn(model(filtering(wave)).clip_logits, target)
         optimizer.zero_grad(set_to_none=True)
@@ -111,6 +112,7 @@ def report(medians: dict[str, float], unit: str) -> None:
     baseline = next(iter(medians.values()))
     for label, median in medians.items():
         print(f"  {label:<14} {median * 1000:8.1f} {unit:<7} {baseline / median:5.2f}x")
+
 
 if __name__ == "__main__":
     typer.run(main)

@@ -219,26 +219,26 @@ class RandomFiltering(nn.Module):
     def inverse_stft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """(B, n_fft // 2 + 1, frames) complex -> (B, length): ``torch.istft(center=True)``."""
         frames = torch.fft.irfft(spec.transpose(1, 2), n=self.n_fft) * self.window  # (B, frames, n_fft)
-        summed = self._overlap_add(frames)
-        start = self.n_fft // 2  # center=True padded n_fft // 2 on each side
-        return summed[:, start:start + length] / self._envelope(frames.shape[1], length, start, frames)
+        return self._overlap_add(frames, length) / self._envelope(frames.shape[1], length, frames)
 
-    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, frames, n_fft) -> (B, n_fft + hop * (frames - 1)), each frame added at its hop."""
+    def _overlap_add(self, frames: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, frames, n_fft) -> (B, length): each frame added at its hop, then the n_fft // 2
+        samples that ``center=True`` padded in front are dropped."""
         batch, n_frames, _ = frames.shape
         overlap = self.n_fft // self.hop_length
         parts = frames.reshape(batch, n_frames, overlap, self.hop_length)
         summed = frames.new_zeros(batch, n_frames + overlap - 1, self.hop_length)
         for part in range(overlap):  # part k of frame t lands in hop-slot t + k
             summed[:, part:part + n_frames] += parts[:, :, part]
-        return summed.reshape(batch, -1)
+        start = self.n_fft // 2
+        return summed.reshape(batch, -1)[:, start:start + length]
 
-    def _envelope(self, n_frames: int, length: int, start: int, like: torch.Tensor) -> torch.Tensor:
+    def _envelope(self, n_frames: int, length: int, like: torch.Tensor) -> torch.Tensor:
         """The summed squared windows over the kept samples, (1, length); built and checked once."""
         key = (n_frames, length, like.device, like.dtype)
         if key not in self._envelopes:
             squares = self.window.to(like.dtype).square().expand(1, n_frames, self.n_fft)
-            envelope = self._overlap_add(squares)[:, start:start + length]
+            envelope = self._overlap_add(squares, length)
             if envelope.abs().min() < 1e-11:
                 raise ValueError(f"RandomFiltering: n_fft {self.n_fft} with hop {self.hop_length} leaves "
                                  "samples no window covers; use a hop of at most n_fft // 2")

@@ -23,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def command(function):
     """Register ``function`` as a command. Its docstring's first paragraph, on one line, is
     its entry in ``birdclef --help`` (typer keeps the source's line breaks there)."""
