@@ -43,6 +43,8 @@ def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
     (lambda p: p["audio"].update(sample_rat=1), "bad value at 'audio.sample_rat'"),
     (lambda p: p["precompute"].pop("workers"), "missing mandatory value: workers"),
     (lambda p: p.update(seed="x"), "bad value at 'seed'"),
+    (lambda p: p["train"].update(compile="cudagraphs"), "'train.compile' is 'cudagraphs'; use one of none, default, "
+                                                        "reduce-overhead, max-autotune"),
     (lambda p: p["infer"].update(precision="fp8"), "'infer.precision' is 'fp8'; use f32, bf16 or null"),
     (lambda p: p["infer"].update(streams=0), "infer.streams must be at least 1"),
     (lambda p: p["train"].update(epochs=5, validate_every=2), "train.epochs (5) must be a multiple of train.validate_every"),

@@ -108,6 +108,28 @@ def test_pretrained_backbone_is_loaded_strictly(workspace):
         train_fold(params, "eca", 1, paths(root, "wrong", pretrained=other))
 
 
+def test_compiled_run_saves_weights_that_the_plain_model_reproduces(workspace):
+    """train.compile: the network trains compiled, and its checkpoint is the plain model's."""
+    from torch._dynamo.utils import counters
+
+    from birdclef.data import ValidationChunks
+    from birdclef.train import _Indexed, build_model, predict_files
+
+    root, params = workspace
+    params = replace(params, train=replace(params.train, compile="default"))
+    graphs = counters["stats"]["unique_graphs"]
+    meta = train_fold(params, "eca", 0, paths(root, "compiled"))
+    assert counters["stats"]["unique_graphs"] > graphs
+    model = build_model(params.family["eca"], len(meta["classes"]), params.train)
+    model.load_state_dict(torch.load(root / "models/compiled/model.pt", weights_only=True))  # strict: same keys
+    oof = pd.read_csv(root / "models/compiled/oof.csv")
+    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    chunks = ValidationChunks(root / "store", oof["key"].tolist(), window)
+    loader = torch.utils.data.DataLoader(_Indexed(chunks), batch_size=params.train.batch_size)
+    plain = predict_files(model, loader, "cpu", chunks)
+    np.testing.assert_allclose(plain, oof[meta["classes"]].to_numpy(), atol=1e-4)
+
+
 def test_pseudo_chunks_enter_training(workspace):
     root, params = workspace
     _, classes, _ = read_tables(root / "tables")

@@ -105,6 +105,7 @@ class TrainParams:
     num_workers: int
     precision: str
     channels_last: bool
+    compile: str
     min_lr: float
     label_smoothing: float
     hidden: int
@@ -180,6 +181,7 @@ CHOICES = {
     "data.source": ("sample", "birdclef2025"),
     "precompute.dtype": ("float16", "float32"),
     "precompute.on_error": ("fail", "skip"),
+    "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
 }
 
 FAMILY_CHOICES = {

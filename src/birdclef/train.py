@@ -66,7 +66,9 @@ class BirdModule(L.LightningModule):
 
     def validation_step(self, batch, batch_index):
         wave, position = batch
-        self._scores.append(self.model(wave).clip_probs.detach())
+        # A copy: with train.compile=reduce-overhead the output lives in a CUDA graph's memory,
+        # which the next batch's replay overwrites.
+        self._scores.append(self.model(wave).clip_probs.detach().clone())
         self._positions.append(position)
 
     def on_train_start(self):
@@ -245,6 +247,8 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
     model = build_model(family, len(classes), params.train)
     if paths.pretrained is not None and paths.pretrained.is_file():
         model.load_backbone(paths.pretrained)
+    if params.train.compile != "none":
+        model.compile(mode=params.train.compile)  # in place: the saved state_dict keys stay the same
     module = BirdModule(model, params.loss, family, params.train, file_targets,
                         [file for file, _ in validation.chunks])
     train_loader, valid_loader = _loaders(params, training, validation, family.sampler)
