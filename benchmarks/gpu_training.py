@@ -16,13 +16,16 @@ test of this script, not a measurement of the goal).
     python benchmarks/gpu_training.py --workers 15 --main-threads 0,1,4 --pin-memory true,false
     python benchmarks/gpu_training.py --channels-last true,false   # train.channels_last
     python benchmarks/gpu_training.py --compile none,reduce-overhead
+    python benchmarks/gpu_training.py --params recipe.yaml  # composed elsewhere: no dvc needed here
 
 ``--compile`` compiles the network with ``torch.compile`` in the given mode (compilation runs in
 the warm-up, outside the timings). ``reduce-overhead`` replays the forward and backward as
 CUDA graphs: the earlier runs found the fed step bound by the main process's kernel launches,
 not by the loader, and a replayed graph launches once per step. On the CPU, inductor's
-training kernels were 2x slower than eager for the sample's backbones, so the train stage does
-not compile; this option measures whether the GPU is different.
+training kernels were 2x slower than eager for the sample's backbones, so ``train.compile``
+(the network, in place, as here) is off by default; README "Resources" has the H100's numbers.
+``--compile-scope step`` also compiles the random EQ and the loss into the graph, leaving only
+the optimizer eager.
 """
 
 from __future__ import annotations
@@ -79,9 +82,13 @@ def main(
     channels_last: str = typer.Option("true", help="Comma-separated: NHWC parameters (train.channels_last)."),
     compile_modes: str = typer.Option("none", "--compile", help="Comma-separated torch.compile modes: none, default, "
                                 "reduce-overhead (CUDA graphs), max-autotune."),
+    compile_scopes: str = typer.Option("network", "--compile-scope", help="Comma-separated: what --compile "
+                                       "compiles: network (as train.compile does) or step (EQ, network and loss)."),
     steps: int = typer.Option(40),
     recordings: int = typer.Option(600),
     device: str = typer.Option("cuda", help="cuda; or cpu to smoke-test the script."),
+    params_file: Path = typer.Option(None, "--params", help="A params.yaml composed with experiment=birdclef2025 "
+                                     "(default: compose it from conf/, which needs dvc)."),
 ) -> None:
     import torch
     from torch.utils.data import DataLoader
@@ -92,7 +99,7 @@ def main(
     from birdclef.params import load_params
     from birdclef.train import build_model, build_optimizer
 
-    params = load_params(composed_params(["experiment=birdclef2025"]))
+    params = load_params(params_file or composed_params(["experiment=birdclef2025"]))
     default_threads = torch.get_num_threads()
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -103,18 +110,26 @@ def main(
     table = synthetic_store(work, recordings, 30.0, classes)
     print(f"device: {torch.cuda.get_device_name() if on_gpu else 'cpu'}, batch {batch}, {steps} steps")
     layouts = [value == "true" for value in channels_last.split(",")]
-    for name, nhwc, mode in itertools.product(families.split(","), layouts, compile_modes.split(",")):
+    variants = [(mode, scope) for mode in compile_modes.split(",")
+                for scope in (["-"] if mode == "none" else compile_scopes.split(","))]
+    for name, nhwc, (mode, scope) in itertools.product(families.split(","), layouts, variants):
         family = params.family[name]
         model = build_model(family, len(classes), replace(params.train, channels_last=nhwc)).to(device).train()
-        if mode != "none":
-            model.compile(mode=mode)  # in place: the state_dict keys stay the train stage's
         filtering = RandomFiltering().to(device).train()
         loss_fn = build_loss(params.loss)
         optimizer = build_optimizer(family, model.parameters())
 
+        def forward_loss(wave, target):
+            return loss_fn(model(filtering(wave)).clip_logits, target)
+
+        if scope == "network":
+            model.compile(mode=mode)  # in place: the state_dict keys stay the train stage's
+        elif scope == "step":
+            forward_loss = torch.compile(forward_loss, mode=mode)
+
         def step(wave, target):
             wave, target = wave.to(device, non_blocking=True).float(), target.to(device, non_blocking=True)
-            loss = loss_fn(model(filtering(wave)).clip_logits, target)
+            loss = forward_loss(wave, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -134,7 +149,7 @@ def main(
             while True:
                 yield from loader
 
-        print(f"{name} ({family.backbone}, {family.optimizer}), channels_last {nhwc}, compile {mode}")
+        print(f"{name} ({family.backbone}, {family.optimizer}), channels_last {nhwc}, compile {mode} ({scope})")
         for threads in map(int, main_threads.split(",")):
             torch.set_num_threads(threads or default_threads)
             alone = steps_per_second(step, random_batches(), steps, synchronize) * batch
