@@ -76,3 +76,13 @@ def test_pseudo_labels_are_the_families_mean_after_the_inherited_files(params, r
     np.testing.assert_allclose(labels[CLASSES].to_numpy(), mean, atol=1e-5)
     assert labels["primary_label"].tolist() == np.asarray(CLASSES)[mean.argmax(axis=1)].tolist()
     assert summary["chunks"] == 4 and summary["inherited_files"] == 1
+
+
+def test_cross_validation_names_a_fold_without_its_oof_scores(tmp_path):
+    from birdclef.evaluate import cross_validation
+
+    fold = tmp_path / "eca" / "fold0"
+    fold.mkdir(parents=True)
+    (fold / "meta.json").write_text('{"val_auc": 0.9}')
+    with pytest.raises(FileNotFoundError, match=r"fold0: no trained model \(meta.json \+ oof.csv\)"):
+        cross_validation(tmp_path, "eca", [0], None, CLASSES)

@@ -28,7 +28,8 @@ def cross_validation(models: Path, family: str, folds: list[int], table, classes
     import pandas as pd
 
     folders = [models / family / f"fold{fold}" for fold in folds]
-    untrained = [folder for folder in folders if not (folder / "meta.json").is_file()]
+    untrained = [folder for folder in folders
+                 if not ((folder / "meta.json").is_file() and (folder / "oof.csv").is_file())]
     if untrained:
         raise FileNotFoundError(f"{untrained[0]}: no trained model (meta.json + oof.csv); run `dvc repro train` "
                                 "first, or evaluate only the trained folds (`folds`).")
