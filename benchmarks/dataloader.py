@@ -64,7 +64,7 @@ def main(
     params = load_params()
     table, classes, _ = read_tables(tables)
     audio = AudioStore(store)
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     folder = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
         lengths = {}

@@ -25,8 +25,9 @@ not by the loader, and a replayed graph launches once per step. On the CPU, indu
 training kernels were 2x slower than eager for the sample's backbones, so ``train.compile``
 (the network, in place, as here) is off by default; README "Resources" has the H100's numbers.
 ``--compile-scope step`` also compiles the random EQ and the loss into the graph, leaving only
-the optimizer eager. Its one H100 try stopped on RandomFiltering's envelope cache (fixed below);
-it has not been measured on a GPU since.
+the optimizer eager. Its one H100 try stopped on RandomFiltering's envelope cache, which the
+module no longer has (it now compiles as one graph); it has not been measured on a GPU since.
+The optimizer is the train stage's: fused AdamW (ebs), foreach RAdam (eca).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def main(
     on_gpu = device == "cuda"
     synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     classes = [f"sp{i:03d}" for i in range(206)]
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     table = synthetic_store(work, recordings, 30.0, classes)
     print(f"device: {torch.cuda.get_device_name() if on_gpu else 'cpu'}, batch {batch}, {steps} steps")
     layouts = [value == "true" for value in channels_last.split(",")]
@@ -126,9 +127,6 @@ def main(
         if scope == "network":
             model.compile(mode=mode)  # in place: the state_dict keys stay the train stage's
         elif scope == "step":
-            # Fill RandomFiltering's envelope cache eagerly first: built inside the graph, the cached
-            # tensor is CUDA-graph memory that the next replay overwrites (seen on an H100).
-            filtering(torch.zeros(batch, window, device=device))
             forward_loss = torch.compile(forward_loss, mode=mode)
 
         def step(wave, target):

@@ -5,7 +5,8 @@ attention head, focal+BCE, backward, the family's optimizer. The settings compar
 
 - baseline: NCHW parameters, the optimizer's per-tensor update (torch's CPU default);
 - channels_last: ``train.channels_last`` (NHWC convolutions);
-- + foreach: and the multi-tensor update, which the train stage now always asks for.
+- + multi-tensor: and the optimizer's multi-tensor update (fused AdamW, foreach RAdam), which
+  the train stage always asks for.
 
 The variants run interleaved, step by step, on the same batch, and each prints its median
 step time and its speed-up over the baseline (this machine's timings are noisy: compare
@@ -56,7 +57,7 @@ def main(
     from birdclef.train import build_model, build_optimizer
 
     params = load_params(composed_params(["experiment=birdclef2025"] if experiment else []))
-    samples = round(params.audio.window_seconds * params.audio.sample_rate)
+    samples = params.audio.window_samples
     wave = torch.randn(batch, samples, device=device)
     target = torch.rand(batch, classes, device=device)
     loss_fn = build_loss(params.loss)
@@ -73,12 +74,12 @@ def main(
     for name in families.split(","):
         family = params.family[name]
         steps_of = {}
-        for label, channels_last, foreach in (("baseline", False, False), ("channels_last", True, False),
-                                              ("+ foreach", True, True)):
+        for label, channels_last, multi_tensor in (("baseline", False, False), ("channels_last", True, False),
+                                                   ("+ multi-tensor", True, True)):
             torch.manual_seed(0)
             model = build_model(family, classes, replace(params.train, channels_last=channels_last))
             model = model.to(device).train()
-            optimizer = build_optimizer(family, model.parameters(), foreach=foreach)
+            optimizer = build_optimizer(family, model.parameters(), multi_tensor=multi_tensor)
             steps_of[label] = training_step(model, optimizer, filtering, loss_fn, wave, target)
         print(f"{name} ({family.backbone}):")
         report(interleaved_medians(steps_of, steps, synchronize), "ms/step")

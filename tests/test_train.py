@@ -93,6 +93,30 @@ def test_stage_logger_syncs_exactly_where_dvclive_would():
     assert log_something_else() == (False, False)
 
 
+@pytest.mark.parametrize("name", ["radam", "adamw"])
+def test_multi_tensor_update_is_the_per_tensor_update(name):
+    """The train stage's fused AdamW / foreach RAdam do the maths of torch's per-tensor loop."""
+    from birdclef.params import FamilyParams
+    from birdclef.train import build_optimizer
+
+    family = FamilyParams(backbone="-", optimizer=name, lr=0.01, weight_decay=0.1, sampler="sqrt",
+                          split="allbirds", oversample=False)
+    trained = {}
+    for multi_tensor in (False, True):
+        torch.manual_seed(0)
+        layers = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        start = [weight.detach().clone() for weight in layers.parameters()]
+        optimizer = build_optimizer(family, layers.parameters(), multi_tensor)
+        for step in range(3):
+            optimizer.zero_grad()
+            layers(torch.randn(4, 8, generator=torch.Generator().manual_seed(step))).square().mean().backward()
+            optimizer.step()
+        trained[multi_tensor] = list(layers.parameters())
+    for before, loop, multi in zip(start, trained[False], trained[True]):
+        assert not torch.equal(before, loop)
+        torch.testing.assert_close(multi, loop, rtol=1e-5, atol=1e-6)
+
+
 def test_pretrained_backbone_is_loaded_strictly(workspace):
     root, params = workspace
     backbone = root / "pretrained" / "eca.pt"
@@ -123,7 +147,7 @@ def test_compiled_run_saves_weights_that_the_plain_model_reproduces(workspace):
     model = build_model(params.family["eca"], len(meta["classes"]), params.train)
     model.load_state_dict(torch.load(root / "models/compiled/model.pt", weights_only=True))  # strict: same keys
     oof = pd.read_csv(root / "models/compiled/oof.csv")
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     chunks = ValidationChunks(root / "store", oof["key"].tolist(), window)
     loader = torch.utils.data.DataLoader(_Indexed(chunks), batch_size=params.train.batch_size)
     plain = predict_files(model, loader, "cpu", chunks)

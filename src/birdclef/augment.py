@@ -163,9 +163,11 @@ class RandomFiltering(nn.Module):
     restores the level. Identity in eval mode. Input and output: waves (B, N).
 
     The inverse STFT computes what ``torch.istft(center=True)`` does (bit for bit at the default
-    hop of n_fft / 2), but builds and checks the overlap-add envelope once per wave length:
-    ``torch.istft`` rebuilds it on every call and tests it for zeros, and on a GPU that test
-    copies its answer to the host, which stalls every training step until the GPU catches up.
+    hop of n_fft / 2), but tests the overlap-add envelope for zeros once, here, instead of on
+    every call: on a GPU ``torch.istft``'s test copies its answer to the host, which stalls every
+    training step until the GPU catches up. The envelope itself is a few small tensor ops per
+    call and nothing is cached, so ``torch.compile`` captures the whole module as one graph (a
+    cached tensor built inside a CUDA graph is overwritten by the graph's next replay).
     """
 
     def __init__(
@@ -185,7 +187,11 @@ class RandomFiltering(nn.Module):
         self.hop_length = hop_length
         self.normalize = normalize
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self._envelopes: dict[tuple, torch.Tensor] = {}
+        # Away from the edges the envelope repeats with period hop: the windows' squares summed
+        # over their n_fft // hop overlapping positions. The edges are covered by a window's centre.
+        if self.window.square().reshape(-1, hop_length).sum(dim=0).min() < 1e-11:
+            raise ValueError(f"RandomFiltering: n_fft {n_fft} with hop {hop_length} leaves samples no window "
+                             "covers; use a hop of at most n_fft // 2")
 
     def band_gains(self, batch: int, generator: torch.Generator | None, device) -> torch.Tensor:
         """Amplitude gains (B, n_fft // 2 + 1), each in [10^(min_db/20), 1]."""
@@ -234,16 +240,9 @@ class RandomFiltering(nn.Module):
         return summed.reshape(batch, -1)[:, start:start + length]
 
     def _envelope(self, n_frames: int, length: int, like: torch.Tensor) -> torch.Tensor:
-        """The summed squared windows over the kept samples, (1, length); built and checked once."""
-        key = (n_frames, length, like.device, like.dtype)
-        if key not in self._envelopes:
-            squares = self.window.to(like.dtype).square().expand(1, n_frames, self.n_fft)
-            envelope = self._overlap_add(squares, length)
-            if envelope.abs().min() < 1e-11:
-                raise ValueError(f"RandomFiltering: n_fft {self.n_fft} with hop {self.hop_length} leaves "
-                                 "samples no window covers; use a hop of at most n_fft // 2")
-            self._envelopes[key] = envelope
-        return self._envelopes[key]
+        """The summed squared windows over the kept samples, (1, length)."""
+        squares = self.window.to(like.dtype).square().expand(1, n_frames, self.n_fft)
+        return self._overlap_add(squares, length)
 
 
 class SpecAugment(nn.Module):

@@ -232,7 +232,7 @@ def export(
     params = _load(params_path)
     _check_family(params, family)
     models = models or Path("models") / params.export.round
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     try:
         summary = export_family(models, family, params.folds, out or Path("models/export") / family, window)
     except ExportError as error:

@@ -65,7 +65,7 @@ def round_predictions(params, models: Path, store: Path, keys: list[str], classe
     from birdclef.pseudo import predict_chunks, split_row_id, teacher_ensembles
 
     ensembles, model_classes = teacher_ensembles(models, params.families, params.folds)
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     family_scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"evaluate {models.name}")
     soundscapes = np.asarray([split_row_id(row_id)[0] for row_id in row_ids])
     per_soundscape = [soundscapes == soundscape for soundscape in np.unique(soundscapes)]

@@ -93,7 +93,7 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
         raise InferError(f"{sample_submission}: columns {unknown[:5]} are not among the models' classes.")
     order = [ensemble.classes.index(column) for column in columns]
     paths = sorted(p for p in Path(soundscapes).iterdir() if p.suffix.lower() in layout.AUDIO_SUFFIXES)
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     rows, ids, audio_seconds = [], [], 0.0
     start = time.perf_counter()
     with progress_bar("infer", len(paths)) as advance:

@@ -50,6 +50,11 @@ class AudioParams:
     sample_rate: int
     window_seconds: float
 
+    @property
+    def window_samples(self) -> int:
+        """Samples in one training/scoring window (5 s at 32 kHz: 160000)."""
+        return round(self.window_seconds * self.sample_rate)
+
 
 @dataclass
 class PrecomputeParams:

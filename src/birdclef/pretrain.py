@@ -67,7 +67,7 @@ def corpus_backbone(params: Params, family_name: str, raw: Path, store: Path, lo
     corpus = read_train_table(table_path, raw / layout.PRETRAIN_AUDIO, None)
     corpus["key"] = [f"{layout.PRETRAIN_AUDIO}/{name}" for name in corpus["filename"]]
     classes = sorted(set(corpus["primary_label"]) | {label for labels in corpus["secondary_labels"] for label in labels})
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     training = TrainingWindows(store, corpus, list(range(len(corpus))), classes, window,
                                params.train.label_smoothing, params.train.augment.mixup_p, None,
                                background_mixer(raw, store, params.train))

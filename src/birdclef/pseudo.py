@@ -144,7 +144,7 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
     keys = AudioStore(store).keys(layout.TRAIN_SOUNDSCAPES)
     if not keys:
         raise PseudoError(f"{store}: no {layout.TRAIN_SOUNDSCAPES} in the store to pseudo-label.")
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     family_scores, row_ids = predict_chunks(ensembles, store, keys, window, label=f"pseudo {round_name}")
     scores = family_scores.mean(axis=0)
     frame = pd.DataFrame(scores, columns=classes)

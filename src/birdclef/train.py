@@ -151,13 +151,19 @@ def background_mixer(raw: Path, store_root: Path, train: TrainParams) -> Backgro
     return BackgroundMixer(sources, p=augment.background_p, weight_range=tuple(augment.background_weight))
 
 
-def build_optimizer(family: FamilyParams, parameters, foreach: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(family: FamilyParams, parameters, multi_tensor: bool = True) -> torch.optim.Optimizer:
     """The family's optimizer (seed spec §2: RAdam or AdamW at the family's lr).
 
-    ``foreach``: one multi-tensor update per step; torch picks it by itself on GPUs only.
+    ``multi_tensor``: update all tensors in a few kernels per step, not in a loop over them:
+    AdamW's fused kernel, RAdam's foreach one (it has no fused kernel). Torch by itself picks
+    foreach on GPUs and the loop on CPUs; benchmarks/training_step.py compares them.
     """
-    optimizer_class = torch.optim.RAdam if family.optimizer == "radam" else torch.optim.AdamW
-    return optimizer_class(parameters, lr=family.lr, weight_decay=family.weight_decay, foreach=foreach)
+    options = {"lr": family.lr, "weight_decay": family.weight_decay}
+    if family.optimizer == "radam":
+        return torch.optim.RAdam(parameters, foreach=multi_tensor, **options)
+    if multi_tensor:
+        return torch.optim.AdamW(parameters, fused=True, **options)
+    return torch.optim.AdamW(parameters, foreach=False, **options)
 
 
 def build_model(family: FamilyParams, num_classes: int, train: TrainParams) -> BirdClassifier:
@@ -226,7 +232,7 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
         raise TrainError(f"fold {fold} of split {family.split!r} has no validation recordings (with "
                          "rare_noleak, species with <= prepare.rare_max_recordings recordings never "
                          "validate); lower prepare.rare_max_recordings or add recordings.")
-    window = round(params.audio.window_seconds * params.audio.sample_rate)
+    window = params.audio.window_samples
     pool = None
     if paths.pseudo is not None:
         from birdclef.pseudo import load_pool
