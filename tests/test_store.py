@@ -52,6 +52,17 @@ def test_float16_storage_is_close(tmp_path):
         assert np.max(np.abs(stored - wave)) <= 2.0**-11  # float16 spacing below 1.0
 
 
+def test_float16_reads_widen_every_value_exactly(tmp_path):
+    every_half = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    writer = ShardWriter(tmp_path / "train_audio-000.h5", 32000, "float16", "fp")
+    writer.append("train_audio/all/halves.ogg", every_half.astype(np.float32), 32000, 1, "OGG")
+    write_index(tmp_path, writer.close())
+    stored = AudioStore(tmp_path).read_samples("train_audio/all/halves.ogg", 0, 2**16)
+    assert stored.dtype == np.float32
+    # numpy's cast is the reference (NaNs compare equal by position)
+    np.testing.assert_array_equal(stored, every_half.astype(np.float32))
+
+
 def test_unknown_key_and_missing_index_are_explained(tmp_path):
     make_store(tmp_path)
     store = AudioStore(tmp_path)

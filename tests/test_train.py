@@ -182,6 +182,13 @@ def test_training_windows_crop_pad_mixup_and_targets(workspace):
         _, target = mixed[position]
         assert float(target.max()) <= 1.0
         assert (target > 0.5).sum() >= 1  # the union of two smoothed one-hot targets
+    # float16 out of the worker (the default) is the float32 wave rounded as numpy rounds it
+    exact = TrainingWindows(root / "store", table, rows, classes, 160000, 0.05, 1.0, wave_dtype="float32")
+    halves = TrainingWindows(root / "store", table, rows, classes, 160000, 0.05, 1.0)
+    for position in range(5):
+        wave32, wave16 = exact[position][0], halves[position][0]
+        assert wave32.dtype == torch.float32 and wave16.dtype == torch.float16
+        np.testing.assert_array_equal(wave16.numpy(), wave32.numpy().astype(np.float16))
     short = np.ones(1000, np.float32)
     padded = crop_or_pad(short, 4000, np.random.default_rng(0))
     assert padded[:3000].sum() == 0 and padded[3000:].sum() == 1000  # left-padded

@@ -111,7 +111,7 @@ class TrainingWindows(Dataset, _StoreReader):
         self.mixup_p = mixup_p
         self.pseudo = pseudo
         self.background = background
-        self.wave_dtype = np.dtype(wave_dtype)
+        self.wave_dtype = getattr(torch, wave_dtype)
         self._rng: np.random.Generator | None = None
         self._rng_seed: int | None = None
 
@@ -154,7 +154,9 @@ class TrainingWindows(Dataset, _StoreReader):
             wave, target = mixup(wave, target, *self._window(partner, rng))
         if self.background is not None:
             wave = self.background(wave, rng)
-        return torch.from_numpy(np.ascontiguousarray(wave, self.wave_dtype)), torch.from_numpy(target)
+        # torch's cast (vectorised): numpy's float32 -> float16 is ~50x slower, the same values.
+        wave = torch.from_numpy(np.ascontiguousarray(wave, np.float32)).to(self.wave_dtype)
+        return wave, torch.from_numpy(target)
 
 
 class ValidationChunks(Dataset, _StoreReader):
