@@ -79,7 +79,9 @@ def test_committed_params_are_the_default_composition(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--family", "eca", "--fold", "7"], "fold 7 does not exist; prepare.n_folds is 5"),
-    (["pseudo", "--round", "round0", "--inherit", "none"], "models/round0/eca/fold0: no trained model"),
+    (["pseudo"], "models/round0/eca/fold0: no trained model"),
+    (["pseudo", "--round", "round7"], "unknown round 'round7'; params.yaml has round0, round1"),
+    (["train", "--family", "eca", "--fold", "0", "--round", "round7"], "unknown round 'round7'"),
     (["evaluate", "--tables", "."], "data/store/index.csv: no store index; run `dvc repro precompute`"),
 ])
 def test_stage_commands_name_what_is_missing(tmp_path, args, message):

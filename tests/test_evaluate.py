@@ -1,14 +1,18 @@
 """A round's models on soundscapes: per-family scores for evaluate, their mean for pseudo labels."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from birdclef.evaluate import round_predictions
 from birdclef.export import FoldEnsemble
 from birdclef.pseudo import pseudo_label_round
 from birdclef.store import AudioStore, ShardWriter, write_index
+from conftest import REPO, python, run
 from trained_models import CLASSES, SAMPLES, realistic_random_model, save_trained
 
 RATE = 32000
@@ -76,6 +80,22 @@ def test_pseudo_labels_are_the_families_mean_after_the_inherited_files(params, r
     np.testing.assert_allclose(labels[CLASSES].to_numpy(), mean, atol=1e-5)
     assert labels["primary_label"].tolist() == np.asarray(CLASSES)[mean.argmax(axis=1)].tolist()
     assert summary["chunks"] == 4 and summary["inherited_files"] == 1
+
+
+def test_pseudo_command_inherits_what_the_round_trained_with(round_models, tmp_path):
+    """`birdclef pseudo` with its defaults: round0, which trains with `rounds`' data/raw/pseudo."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["folds"] = [0]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    soundscape_store(tmp_path / "data" / "store", "train_soundscapes")
+    inherit = tmp_path / "data" / "raw" / "pseudo"
+    inherit.mkdir(parents=True)
+    (inherit / "00-published.csv").write_text("row_id\n")
+    result = run([python(), "-m", "birdclef", "pseudo", "--models", str(round_models)], tmp_path,
+                 {**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert "pseudo round0: {'soundscapes': 2, 'chunks': 4" in result.stdout
+    written = sorted(path.name for path in (tmp_path / "data" / "pseudo" / "round0").iterdir())
+    assert written == ["00-published.csv", "01-round0.csv"]
 
 
 def test_cross_validation_names_a_fold_without_its_oof_scores(tmp_path):

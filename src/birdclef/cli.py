@@ -171,14 +171,11 @@ def train(
 
     params = _load(params_path)
     _check_family(params, family)
-    rounds = {item.name: item for item in params.rounds}
-    if round not in rounds:
-        raise _fail(ValueError(f"unknown round {round!r}; params.yaml has {', '.join(rounds)}"))
+    pseudo = _round_pseudo(params, round)
     if fold not in range(params.prepare.n_folds):
         raise _fail(ValueError(f"fold {fold} does not exist; prepare.n_folds is {params.prepare.n_folds} "
                                f"(folds 0..{params.prepare.n_folds - 1})"))
     run_name = Path(round) / family / f"fold{fold}"
-    pseudo = Path(rounds[round].pseudo)
     paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
                      pretrained=pretrained or Path("models/pretrained") / f"{family}.pt",
                      out=out or Path("models") / run_name, logs=logs or Path("metrics/train") / run_name)
@@ -191,6 +188,14 @@ def train(
                    f"(epoch {meta['best_epoch']}), {meta['pseudo_chunks']} pseudo chunks")
 
 
+def _round_pseudo(params, round: str) -> Path:
+    """The pseudo-label folder ``round`` trains with (its ``rounds`` entry)."""
+    pseudo_of = {item.name: item.pseudo for item in params.rounds}
+    if round not in pseudo_of:
+        raise _fail(ValueError(f"unknown round {round!r}; params.yaml has {', '.join(pseudo_of)}"))
+    return Path(pseudo_of[round])
+
+
 def _check_family(params, family: str) -> None:
     if family not in params.family:
         raise _fail(ValueError(f"unknown family {family!r}; params.yaml has {', '.join(params.family)}"))
@@ -198,8 +203,9 @@ def _check_family(params, family: str) -> None:
 
 @command
 def pseudo(
-    round: Annotated[str, typer.Option(help="The round whose ensemble labels the soundscapes.")],
-    inherit: Annotated[Path, typer.Option(help="Pseudo files this round trained with; they keep priority.")],
+    round: Annotated[str, typer.Option(help="The round whose ensemble labels the soundscapes.")] = "round0",
+    inherit: Annotated[Optional[Path], typer.Option(
+        help="Pseudo files this round trained with; they keep priority (default: the round's `rounds` entry).")] = None,
     models: Annotated[Path, typer.Option(help="The trained models, one folder per round.")] = Path("models"),
     store: Annotated[Path, typer.Option(help="The HDF5 store.")] = Path("data/store"),
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: data/pseudo/<round>).")] = None,
@@ -211,8 +217,10 @@ def pseudo(
     from birdclef.pseudo import PseudoError, pseudo_label_round
 
     params = _load(params_path)
+    trained_with = _round_pseudo(params, round)
     try:
-        summary = pseudo_label_round(params, round, models, inherit, store, out or Path(PSEUDO_ROOT) / round)
+        summary = pseudo_label_round(params, round, models, inherit or trained_with, store,
+                                     out or Path(PSEUDO_ROOT) / round)
     except (PseudoError, ExportError, FileNotFoundError) as error:
         raise _fail(error) from None
     typer.echo(f"pseudo {round}: {summary}")
