@@ -88,6 +88,13 @@ def test_recipe_value(composed, key):
     assert value(composed, key) == SEED_RECIPE[key], key
 
 
+def test_one_round_on_the_published_pseudo_labels(composed):
+    """The seed's selected models: no teacher, so no pseudo stage (`teachers` drives its foreach)."""
+    assert composed["rounds"] == [{"name": "round0", "pseudo": "data/raw/pseudo"}]
+    assert composed["teachers"] == {}
+    assert composed["export"]["round"] == "round0"
+
+
 def test_oversampling_table_is_the_seeds(composed):
     table = composed["prepare"]["oversample"]
     assert len(table) == 59 and sum(table.values()) == 2751
