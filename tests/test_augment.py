@@ -289,12 +289,32 @@ def test_spec_augment_masks_are_zero_and_within_widths():
     for item in range(len(spec)):
         for masked, width in ((rows[item], 10), (columns[item], 20)):
             runs = masked_runs(masked)
-            assert len(runs) <= 3 and sum(runs) <= 3 * width
+            assert len(runs) <= 3 and sum(runs) <= 3 * (width - 1)
     single = SpecAugment(max_masks=1)
     rows, columns = masked_rows_and_columns(spec, single(spec, generator=generator))
     widths_f = [max(masked_runs(r), default=0) for r in rows]
     widths_t = [max(masked_runs(c), default=0) for c in columns]
-    assert max(widths_f) == 10 and max(widths_t) == 20
+    assert max(widths_f) == 9 and max(widths_t) == 19
+
+
+def test_spec_augment_mask_widths_are_torchaudios():
+    """The seed masks with torchaudio's FrequencyMasking(10) and TimeMasking(20): one mask's
+    width is uniform over 0..9 bins and 0..19 frames."""
+    import torchaudio
+
+    draws = 6000
+    spec = torch.ones(draws, 1, 64, 100)
+    rows, columns = masked_rows_and_columns(
+        spec, SpecAugment(max_masks=1, p=1.0)(spec, generator=torch.Generator().manual_seed(2)))
+    torch.manual_seed(2)
+    for ours, masking, width in ((rows, torchaudio.transforms.FrequencyMasking(10), 10),
+                                 (columns, torchaudio.transforms.TimeMasking(20), 20)):
+        theirs = torch.stack([masking(spec[0])[0] == 0 for _ in range(draws)])
+        theirs = theirs.all(dim=2 if width == 10 else 1).sum(dim=1)
+        ours_share = torch.bincount(ours.sum(dim=1), minlength=width + 1) / draws
+        theirs_share = torch.bincount(theirs, minlength=width + 1) / draws
+        assert ours_share[width] == 0 and theirs_share[width] == 0
+        assert (ours_share - theirs_share).abs().max() < 0.025, (ours_share, theirs_share)
 
 
 def test_spec_augment_touches_about_30_percent_per_axis():

@@ -249,8 +249,9 @@ class SpecAugment(nn.Module):
     """Zeroes random frequency bands and time spans of the [0, 1] spectrogram (training only).
 
     Per sample, independently: with probability ``p`` 1 to ``max_masks`` frequency masks of
-    0 to ``freq_width`` bins, and with probability ``p`` 1 to ``max_masks`` time masks of 0
-    to ``time_width`` frames (torchaudio's masking, drawn per item rather than per batch).
+    0 to ``freq_width - 1`` bins, and with probability ``p`` 1 to ``max_masks`` time masks of 0
+    to ``time_width - 1`` frames (torchaudio's ``FrequencyMasking(freq_width)`` and
+    ``TimeMasking(time_width)``, the seed's, drawn per item rather than per batch).
     Input and output: (B, C, F, T).
     """
 
@@ -270,8 +271,11 @@ class SpecAugment(nn.Module):
         positions = torch.arange(size, device=device)[None, :]
         masked = torch.zeros(batch, size, dtype=torch.bool, device=device)
         for index in range(self.max_masks):
-            widths = (_uniform((batch, 1), generator, device) * (width + 1)).long().clamp(max=size)
-            starts = (_uniform((batch, 1), generator, device) * (size - widths + 1)).long()
+            # torchaudio's mask_along_axis: a real width in [0, width), its integer part
+            # masked, starting at the integer part of a uniform draw in [0, size - real width).
+            real_widths = (_uniform((batch, 1), generator, device) * width).clamp(max=size)
+            widths = real_widths.long()
+            starts = (_uniform((batch, 1), generator, device) * (size - real_widths)).long()
             active = (fires & (index < n_masks))[:, None]
             masked |= active & (positions >= starts) & (positions < starts + widths)
         return masked
