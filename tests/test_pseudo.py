@@ -73,6 +73,14 @@ def test_missing_class_columns_are_named(tmp_path):
         load_pool(tmp_path, CLASSES, 0.5, 0.1, 0.4, store_keys={"train_soundscapes/S1.ogg"})
 
 
+@pytest.mark.parametrize("content", [b"", "row_id,amerob\nS1_5,caf\xe9\n".encode("latin-1"),
+                                     b"row_id,a\nS1_5,1\nS1_10,1,2,3\n"], ids=["empty", "latin-1", "ragged"])
+def test_unreadable_pseudo_files_are_named(tmp_path, content):
+    (tmp_path / "00-bad.csv").write_bytes(content)
+    with pytest.raises(PseudoError, match=r"00-bad.csv: unreadable .*a UTF-8 CSV"):
+        load_pool(tmp_path, CLASSES, 0.5, 0.1, 0.4, store_keys={"train_soundscapes/S1.ogg"})
+
+
 def test_row_ids():
     assert split_row_id("H02_20230420_074000_55") == ("H02_20230420_074000", 55)
     with pytest.raises(PseudoError):

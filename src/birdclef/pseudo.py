@@ -60,6 +60,22 @@ def stack(frames: list, classes: list[str], min_primary_prob: float, trim_prob: 
     return result
 
 
+def read_pseudo_file(path: Path, classes: list[str]):
+    """One pseudo-label CSV: row_id and a probability column per class (more columns are fine)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:  # pandas' parser, empty-file and decoding errors are ValueErrors
+        raise PseudoError(f"{path}: unreadable ({str(error).strip()}); a pseudo file is a UTF-8 CSV with row_id and one "
+                          "probability column per class.") from None
+    missing = [column for column in ["row_id", *classes] if column not in frame.columns]
+    if missing:
+        raise PseudoError(f"{path}: lacks columns {missing[:5]}; a pseudo file needs row_id and "
+                          "one probability column per class.")
+    return frame
+
+
 def load_pool(folder: Path, classes: list[str], min_primary_prob: float, trim_prob: float,
               swap_p: float, store_keys: set[str]):
     """The ``PseudoPool`` a training run swaps items from (empty when the folder has none)."""
@@ -67,16 +83,7 @@ def load_pool(folder: Path, classes: list[str], min_primary_prob: float, trim_pr
 
     from birdclef.data import PseudoChunk, PseudoPool
 
-    frames = []
-    for path in pseudo_files(folder):
-        try:
-            frames.append(pd.read_csv(path))
-        except (OSError, pd.errors.ParserError) as error:
-            raise PseudoError(f"{path}: unreadable ({error})") from None
-        missing = [column for column in ["row_id", *classes] if column not in frames[-1].columns]
-        if missing:
-            raise PseudoError(f"{path}: lacks columns {missing[:5]}; a pseudo file needs row_id and "
-                              "one probability column per class.")
+    frames = [read_pseudo_file(path, classes) for path in pseudo_files(folder)]
     kept = stack(frames, classes, min_primary_prob, trim_prob)
     targets = kept[classes].to_numpy(np.float32)
     soundscape_keys = {Path(key).stem: key for key in store_keys}  # row ids name soundscapes by stem
@@ -141,6 +148,8 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
     from birdclef.store import AudioStore
 
     ensembles, classes = teacher_ensembles(models / round_name, params.families, params.folds)
+    inherited = pseudo_files(inherit) if inherit.is_dir() else []
+    inherited_frames = [read_pseudo_file(path, classes) for path in inherited]  # checked before the long part
     keys = AudioStore(store).keys(layout.TRAIN_SOUNDSCAPES)
     if not keys:
         raise PseudoError(f"{store}: no {layout.TRAIN_SOUNDSCAPES} in the store to pseudo-label.")
@@ -154,12 +163,12 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    inherited = pseudo_files(inherit) if inherit.is_dir() else []
     for number, path in enumerate(inherited):
         shutil.copyfile(path, tmp / f"{number:02d}-{path.name.split('-', 1)[-1]}")
     frame.to_csv(tmp / f"{len(inherited):02d}-{round_name}.csv", index=False, float_format="%.6f")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    kept = stack([frame], classes, params.pseudo.min_primary_prob, params.pseudo.trim_prob)
+    # What the next round can swap in: the inherited files keep their soundscapes first.
+    kept = stack([*inherited_frames, frame], classes, params.pseudo.min_primary_prob, params.pseudo.trim_prob)
     return {"soundscapes": len(keys), "chunks": len(frame), "kept_chunks": len(kept),
             "inherited_files": len(inherited)}
