@@ -1,19 +1,36 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import tone
+
 from birdclef.audio import decode
 from birdclef.precompute import PrecomputeError, precompute
-from birdclef.store import AudioStore
+from birdclef.prepare import prepare
+from birdclef.store import AudioStore, StoreError
 from birdclef.tables import TableError
 
 EXTERNAL_NONE = "no-external"
 
 
-def run_precompute(raw, out, params, **settings):
+def run_precompute(raw, out, params, external=None, **settings):
     for name, value in settings.items():
         setattr(params.precompute, name, value)
-    return precompute(raw, raw.parent / EXTERNAL_NONE, out, params, progress=False)
+    return precompute(raw, external or raw.parent / EXTERNAL_NONE, out, params, progress=False)
+
+
+def write_external(raw, external, filename="amerob/mine.flac"):
+    """data/external: one real recording (by its suffix: FLAC or AIFF) and its train.csv row."""
+    import soundfile as sf
+
+    path = external / "audio" / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(700, 2.0, 48000), 48000, format=path.suffix[1:].upper())
+    table = pd.read_csv(raw / "train.csv", dtype=str, keep_default_na=False).head(1)
+    table.assign(filename=filename).to_csv(external / "train.csv", index=False)
+    return external / "train.csv"
 
 
 def test_every_recording_is_stored_as_decoded(raw_dataset, tmp_path, params):
@@ -98,7 +115,8 @@ def test_stale_shards_of_an_old_plan_are_removed(raw_dataset, tmp_path, params):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.assign(primary_label=["zzzzz"] + t["primary_label"].tolist()[1:]),
-     r"train.csv:2: unknown primary_label 'zzzzz'"),
+     r"train.csv:2: unknown primary_label 'zzzzz'; use a species of taxonomy.csv .*the download "
+     r"stage writes that file, so a new species cannot be added"),
     (lambda t: t.drop(columns=["author"]), r"missing column\(s\) \['author'\]"),
     (lambda t: t.assign(filename=["amerob/gone.ogg"] + t["filename"].tolist()[1:]),
      r"train.csv:2: .*gone.ogg does not exist"),
@@ -125,11 +143,80 @@ def test_unknown_secondary_labels_are_pruned(raw_dataset):
 
 
 def test_user_recordings_in_external_are_merged(raw_dataset, tmp_path, params):
-    from conftest import tone, write_audio
-
-    external = tmp_path / "external"
-    write_audio(external / "audio" / "amerob" / "mine.flac", tone(700, 2.0, 48000), 48000)
-    table = pd.read_csv(raw_dataset / "train.csv", dtype=str, keep_default_na=False).head(1)
-    table.assign(filename="amerob/mine.flac").to_csv(external / "train.csv", index=False)
-    precompute(raw_dataset, external, tmp_path / "store", params, progress=False)
+    write_external(raw_dataset, tmp_path / "external")
+    run_precompute(raw_dataset, tmp_path / "store", params, tmp_path / "external")
     assert AudioStore(tmp_path / "store").duration("external/audio/amerob/mine.flac") == 2.0
+
+
+def append_line(table, line: str) -> None:
+    with open(table, "a") as handle:
+        handle.write(line + "\n")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.write_bytes(t.read_text().replace("author0", "José").encode("latin-1")),
+     r"train.csv:2: not UTF-8 text; save the file as UTF-8"),
+    (lambda t: append_line(t, ",".join(["x"] * 14)),
+     r"train.csv: malformed CSV \(Expected 13 fields in line 3, saw 14\); fix that line"),
+    (lambda t: t.write_bytes(b""), r"train.csv: empty; it needs a header row with the columns"),
+])
+def test_unreadable_external_table_is_refused_naming_it(raw_dataset, tmp_path, params, damage, message):
+    """Both stages that read the table say which file is broken and how, not a pandas traceback."""
+    table = write_external(raw_dataset, tmp_path / "external")
+    run_precompute(raw_dataset, tmp_path / "store", params, tmp_path / "external")
+    damage(table)
+    pattern = f"^{re.escape(str(tmp_path / 'external'))}/{message}"
+    with pytest.raises(TableError, match=pattern):
+        run_precompute(raw_dataset, tmp_path / "store", params, tmp_path / "external")
+    with pytest.raises(TableError, match=pattern):
+        prepare(raw_dataset, tmp_path / "external", tmp_path / "store", tmp_path / "tables", params)
+    assert not (tmp_path / "tables").exists()
+
+
+def test_listed_file_in_a_format_precompute_skips_is_refused(raw_dataset, tmp_path, params):
+    write_external(raw_dataset, tmp_path / "external", "amerob/mine.aiff")
+    with pytest.raises(TableError, match=r"train.csv:2: amerob/mine.aiff: precompute decodes only "
+                                         r"\.ogg, \.wav, \.flac, \.mp3, \.opus files"):
+        run_precompute(raw_dataset, tmp_path / "store", params, tmp_path / "external")
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("table_content", [None, "header"])
+def test_external_audio_not_listed_in_its_table_is_refused(raw_dataset, tmp_path, params, table_content):
+    """Without a row, prepare could never use the recording: say so instead of storing it."""
+    table = write_external(raw_dataset, tmp_path / "external")
+    if table_content is None:
+        table.unlink()
+    else:
+        table.write_text(table.read_text().splitlines()[0] + "\n")
+    with pytest.raises(TableError, match=r"train.csv: does not list 1 recording\(s\) under .*audio: "
+                                         r"amerob/mine.flac; add a row for each"):
+        run_precompute(raw_dataset, tmp_path / "store", params, tmp_path / "external")
+    assert not (tmp_path / "store").exists()
+
+
+def test_skip_reuses_the_shards_written_under_fail(raw_dataset, tmp_path, params):
+    """Following the failure message's advice (on_error: skip) must not re-decode everything."""
+    first = run_precompute(raw_dataset, tmp_path / "store", params, on_error="fail")
+    summary = run_precompute(raw_dataset, tmp_path / "store", params, on_error="skip")
+    assert (summary.shards_written, summary.shards_reused) == (0, first.shards_written)
+    summary = run_precompute(raw_dataset, tmp_path / "store", params, on_error="fail")
+    assert (summary.shards_written, summary.shards_reused) == (0, first.shards_written)
+    # not the other way round: a shard written under skip may lack skipped files
+    run_precompute(raw_dataset, tmp_path / "other", params, on_error="skip")
+    summary = run_precompute(raw_dataset, tmp_path / "other", params, on_error="fail")
+    assert (summary.shards_written, summary.shards_reused) == (first.shards_written, 0)
+
+
+def test_failed_run_leaves_no_index_pointing_at_deleted_shards(raw_dataset, tmp_path, params):
+    out, external = tmp_path / "store", tmp_path / "external"
+    write_external(raw_dataset, external)
+    run_precompute(raw_dataset, out, params, external)
+    assert (out / "external-000.h5").exists()
+    for path in (external / "audio" / "amerob" / "mine.flac", external / "train.csv"):
+        path.unlink()  # the external shard is now stale
+    (raw_dataset / "train_audio" / "amerob" / "XC1000.wav").write_bytes(b"RIFF....not really audio")
+    with pytest.raises(PrecomputeError):
+        run_precompute(raw_dataset, out, params, external)
+    with pytest.raises(StoreError, match=r"no store index; run `dvc repro precompute`"):
+        AudioStore(out)

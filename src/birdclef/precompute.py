@@ -30,6 +30,8 @@ from birdclef.store import (
 
 FORMAT_VERSION = "1"
 SKIPPED_CSV = "skipped.csv"
+# How many unlisted recordings an error names before it only counts the rest.
+MAX_NAMED = 10
 
 
 class PrecomputeError(RuntimeError):
@@ -57,17 +59,20 @@ class Summary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def audio_names(root: Path) -> list[str]:
+    """The files under ``root`` that precompute decodes (by extension), relative to it."""
+    if not root.is_dir():
+        return []
+    return [path.relative_to(root).as_posix() for path in root.rglob("*")
+            if path.is_file() and path.suffix.lower() in layout.AUDIO_SUFFIXES]
+
+
 def find_sources(raw: Path, external: Path) -> list[Source]:
     """Every audio file under the raw folders and ``external/audio``, in key order."""
     roots = [(raw / folder, folder) for folder in layout.RAW_AUDIO_FOLDERS]
     roots.append((external / layout.EXTERNAL_AUDIO, f"{layout.EXTERNAL_PREFIX}/{layout.EXTERNAL_AUDIO}"))
-    sources = []
-    for root, prefix in roots:
-        if not root.is_dir():
-            continue
-        for path in root.rglob("*"):
-            if path.is_file() and path.suffix.lower() in layout.AUDIO_SUFFIXES:
-                sources.append(Source(f"{prefix}/{path.relative_to(root).as_posix()}", path))
+    sources = [Source(f"{prefix}/{name}", root / name)
+               for root, prefix in roots for name in audio_names(root)]
     return sorted(sources, key=lambda source: source.key)
 
 
@@ -80,11 +85,30 @@ def check_tables(raw: Path, external: Path) -> None:
     optional = [
         (raw / layout.EXTRA_CSV, raw / layout.EXTRA_AUDIO, vocabulary),
         (raw / layout.PRETRAIN_CSV, raw / layout.PRETRAIN_AUDIO, None),
-        (external / layout.TRAIN_CSV, external / layout.EXTERNAL_AUDIO, vocabulary),
     ]
     for table, audio_root, labels in optional:
         if table.is_file():
             read_train_table(table, audio_root, labels)
+    table, audio_root = external / layout.TRAIN_CSV, external / layout.EXTERNAL_AUDIO
+    listed = set(read_train_table(table, audio_root, vocabulary)["filename"]) if table.is_file() else set()
+    check_listed(table, audio_root, listed)
+
+
+def check_listed(table: Path, audio_root: Path, listed: set[str]) -> None:
+    """Refuse recordings under ``audio_root`` that ``table`` does not list.
+
+    prepare labels a user's recording only through its row, so an unlisted file would be
+    decoded into the store and then silently never trained on.
+    """
+    from birdclef.tables import TableError
+
+    unlisted = sorted(set(audio_names(audio_root)) - listed)
+    if unlisted:
+        named = ", ".join(unlisted[:MAX_NAMED])
+        more = f" and {len(unlisted) - MAX_NAMED} more" if len(unlisted) > MAX_NAMED else ""
+        raise TableError(f"{table}: does not list {len(unlisted)} recording(s) under {audio_root}: "
+                         f"{named}{more}; add a row for each (filename = <label>/<file>, see "
+                         f"{table.parent / 'README.md'}) or move them out of {audio_root}.")
 
 
 def plan_shards(sources: list[Source], files_per_shard: int) -> list[ShardPlan]:
@@ -99,16 +123,21 @@ def plan_shards(sources: list[Source], files_per_shard: int) -> list[ShardPlan]:
     return plans
 
 
-def fingerprint(plan: ShardPlan, sample_rate: int, dtype: str, on_error: str) -> str:
-    """A hash of what a shard is made of: file names and bytes, and every setting."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{FORMAT_VERSION}|{sample_rate}|{dtype}|{on_error}".encode())
+def fingerprints(plan: ShardPlan, sample_rate: int, dtype: str, modes: tuple[str, ...]) -> list[str]:
+    """A hash of what a shard is made of (file names and bytes, and every setting), one per
+    ``on_error`` mode in ``modes``; the files are read once for all of them."""
+    digests = []
+    for on_error in modes:
+        digests.append(hashlib.blake2b(digest_size=16))
+        digests[-1].update(f"{FORMAT_VERSION}|{sample_rate}|{dtype}|{on_error}".encode())
     for source in plan.sources:
-        digest.update(source.key.encode())
+        for digest in digests:
+            digest.update(source.key.encode())
         with open(source.path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+                for digest in digests:
+                    digest.update(block)
+    return [digest.hexdigest() for digest in digests]
 
 
 def _decode_or_reason(source: Source, sample_rate: int) -> Recording | str:
@@ -130,13 +159,19 @@ def precompute(raw: Path, external: Path, out: Path, params: Params, progress: b
                               "run the download stage first (`dvc repro download`).")
     out.mkdir(parents=True, exist_ok=True)
     summary = Summary()
+    # A shard written under `fail` skipped nothing (any failure aborts it), so it is exactly
+    # what `skip` would write: following the failure message's advice re-decodes nothing.
+    modes = (settings.on_error, "fail") if settings.on_error == "skip" else (settings.on_error,)
     todo = []
     for plan in plans:
-        expected = fingerprint(plan, sample_rate, settings.dtype, settings.on_error)
-        if shard_fingerprint(out / plan.name) == expected:
+        accepted = fingerprints(plan, sample_rate, settings.dtype, modes)
+        if shard_fingerprint(out / plan.name) in accepted:
             summary.shards_reused += 1
         else:
-            todo.append((plan, expected))
+            todo.append((plan, accepted[0]))
+    # The index must never point into a shard that is deleted or replaced: a failed run
+    # leaves no index (readers then say "run precompute") rather than a wrong one.
+    (out / INDEX_CSV).unlink(missing_ok=True)
     _remove_stale(out, {plan.name for plan in plans})
     workers = settings.workers or os.cpu_count() or 1
     with progress_bar("precompute", sum(len(plan.sources) for plan, _ in todo), progress) as advance:

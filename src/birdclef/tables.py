@@ -1,13 +1,17 @@
 """Reading and checking the label tables (``train.csv`` and its extra/external siblings).
 
-A table is checked before hours of decoding start: required columns, known primary labels,
-every listed file present. Secondary labels outside the vocabulary are pruned (the seed's
-"pruneSL"), since the real data names many species that are not scored.
+A table is checked before hours of decoding start: readable UTF-8 CSV, required columns,
+known primary labels, every listed file present and in a format precompute decodes.
+Secondary labels outside the vocabulary are pruned (the seed's "pruneSL"), since the real
+data names many species that are not scored.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from birdclef import layout
 
 REQUIRED_COLUMNS = ("primary_label", "secondary_labels", "filename", "author")
 
@@ -16,17 +20,43 @@ class TableError(ValueError):
     """A label table the pipeline cannot use; the message names the file, row and fix."""
 
 
-def read_taxonomy(path: Path) -> list[str]:
-    """The class vocabulary, in taxonomy order (the order of the submission's columns)."""
+def read_csv(path: Path, columns: tuple[str, ...]):
+    """``path`` as strings, with ``columns`` present; a broken file is a TableError naming it.
+
+    pandas' own errors name neither the file nor the fix, and a spreadsheet easily saves
+    Latin-1 or a stray comma.
+    """
     import pandas as pd
 
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a spreadsheet's "CSV UTF-8" starts with a BOM
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise TableError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8 "
+                         "(\"CSV UTF-8\" in a spreadsheet).") from None
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise TableError(f"{path}: empty; it needs a header row with the columns "
+                         f"{list(columns)}.") from None
+    except pd.errors.ParserError as error:
+        reason = str(error).removeprefix("Error tokenizing data. C error: ").strip()
+        raise TableError(f"{path}: malformed CSV ({reason}); fix that line (quote a field that "
+                         "holds a comma) or remove it.") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {missing}; it needs {list(columns)} "
+                         "(the competition's layout).")
+    return frame
+
+
+def read_taxonomy(path: Path) -> list[str]:
+    """The class vocabulary, in taxonomy order (the order of the submission's columns)."""
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: not found; the download stage writes it.")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if "primary_label" not in frame.columns:
-        raise TableError(f"{path}: missing column 'primary_label'.")
-    labels = frame["primary_label"].tolist()
+    labels = read_csv(path, ("primary_label",))["primary_label"].tolist()
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
         raise TableError(f"{path}: duplicated labels {duplicated[:5]}.")
@@ -38,22 +68,22 @@ def read_train_table(path: Path, audio_root: Path, vocabulary: list[str] | None)
 
     ``vocabulary`` None accepts any label (the pretraining corpus has its own classes).
     """
-    import pandas as pd
-
     from birdclef.labels import parse_label_list
 
     path, audio_root = Path(path), Path(audio_root)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if missing:
-        raise TableError(f"{path}: missing column(s) {missing}; a train.csv needs "
-                         f"{list(REQUIRED_COLUMNS)} (the competition's layout).")
+    frame = read_csv(path, REQUIRED_COLUMNS)
     known = None if vocabulary is None else set(vocabulary)
     secondary = []
     for line, row in enumerate(frame.itertuples(index=False), start=2):
         if known is not None and row.primary_label not in known:
-            raise TableError(f"{path}:{line}: unknown primary_label {row.primary_label!r}; add it to "
-                             "taxonomy.csv or remove the row.")
+            raise TableError(f"{path}:{line}: unknown primary_label {row.primary_label!r}; use a "
+                             "species of taxonomy.csv (the classes the models score; the download "
+                             "stage writes that file, so a new species cannot be added there) or "
+                             "remove the row.")
+        if Path(row.filename).suffix.lower() not in layout.AUDIO_SUFFIXES:
+            raise TableError(f"{path}:{line}: {row.filename}: precompute decodes only "
+                             f"{', '.join(layout.AUDIO_SUFFIXES)} files; convert it (e.g. `ffmpeg "
+                             "-i in.aiff out.flac`) and fix 'filename', or remove the row.")
         if not (audio_root / row.filename).is_file():
             raise TableError(f"{path}:{line}: {audio_root / row.filename} does not exist; fix "
                              "'filename' (relative to the audio folder) or remove the row.")
