@@ -49,9 +49,16 @@ def family_scores(models, family: str, store: AudioStore, key: str) -> np.ndarra
         return FoldEnsemble(fold_models).eval()(windows).numpy()
 
 
-def test_round_predictions_score_each_family_and_their_mean(params, round_models, tmp_path):
+def published_file(path):
+    """A published pseudo-label file: one confident chunk of soundscape S1."""
+    path.parent.mkdir(parents=True)
+    pd.DataFrame([["S1_5", 0.9] + [0.0] * (len(CLASSES) - 1)], columns=["row_id", *CLASSES]).to_csv(path, index=False)
+
+
+def test_round_predictions_score_each_family_and_their_weighted_mean(params, round_models, tmp_path):
     store = soundscape_store(tmp_path / "store", "test_soundscapes")
     params.families, params.folds, params.infer.top_n = ["eca", "ebs"], [0], 0
+    params.infer.family_weights = {"eca": 3.0, "ebs": 1.0}
     keys = store.keys("test_soundscapes")
     frames = round_predictions(params, round_models / "round0", tmp_path / "store", keys, CLASSES)
     assert list(frames) == ["eca", "ebs", "ensemble"]
@@ -60,16 +67,16 @@ def test_round_predictions_score_each_family_and_their_mean(params, round_models
         direct = np.concatenate([family_scores(round_models, family, store, key) for key in keys])
         np.testing.assert_allclose(frames[family][CLASSES].to_numpy(), direct, atol=1e-5)
     assert not np.allclose(frames["eca"][CLASSES], frames["ebs"][CLASSES], atol=1e-3)
-    mean = (frames["eca"][CLASSES].to_numpy() + frames["ebs"][CLASSES].to_numpy()) / 2
-    np.testing.assert_allclose(frames["ensemble"][CLASSES].to_numpy(), mean, atol=1e-6)
+    weighted = (3 * frames["eca"][CLASSES].to_numpy() + frames["ebs"][CLASSES].to_numpy()) / 4
+    np.testing.assert_allclose(frames["ensemble"][CLASSES].to_numpy(), weighted, atol=1e-6)
 
 
 def test_pseudo_labels_are_the_families_mean_after_the_inherited_files(params, round_models, tmp_path):
     store = soundscape_store(tmp_path / "store", "train_soundscapes")
     inherit = tmp_path / "inherit"
-    inherit.mkdir()
-    (inherit / "00-published.csv").write_text("row_id\n")
+    published_file(inherit / "00-published.csv")
     params.families, params.folds = ["eca", "ebs"], [0]
+    params.pseudo.min_primary_prob = 0.0  # every chunk passes: what is kept is the priority rule's
     out = tmp_path / "pseudo"
     summary = pseudo_label_round(params, "round0", round_models, inherit, tmp_path / "store", out)
     assert sorted(path.name for path in out.iterdir()) == ["00-published.csv", "01-round0.csv"]
@@ -80,6 +87,8 @@ def test_pseudo_labels_are_the_families_mean_after_the_inherited_files(params, r
     np.testing.assert_allclose(labels[CLASSES].to_numpy(), mean, atol=1e-5)
     assert labels["primary_label"].tolist() == np.asarray(CLASSES)[mean.argmax(axis=1)].tolist()
     assert summary["chunks"] == 4 and summary["inherited_files"] == 1
+    # S1 is the published file's: the new labels add S2's two chunks behind its one.
+    assert summary["kept_chunks"] == 3
 
 
 def test_pseudo_command_inherits_what_the_round_trained_with(round_models, tmp_path):
@@ -88,9 +97,7 @@ def test_pseudo_command_inherits_what_the_round_trained_with(round_models, tmp_p
     params["folds"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     soundscape_store(tmp_path / "data" / "store", "train_soundscapes")
-    inherit = tmp_path / "data" / "raw" / "pseudo"
-    inherit.mkdir(parents=True)
-    (inherit / "00-published.csv").write_text("row_id\n")
+    published_file(tmp_path / "data" / "raw" / "pseudo" / "00-published.csv")
     result = run([python(), "-m", "birdclef", "pseudo", "--models", str(round_models)], tmp_path,
                  {**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert "pseudo round0: {'soundscapes': 2, 'chunks': 4" in result.stdout

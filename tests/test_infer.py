@@ -84,7 +84,8 @@ def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
     with pytest.warns(UserWarning, match="broken.ogg"):
         summary = predict([recordings], ensemble, tmp_path / "out.csv", 5.0, 32000,
                           raven=tmp_path / "raven", threshold=0.0)
-    assert summary["skipped"] == [str(recordings / "broken.ogg")]
+    assert list(summary["skipped"]) == [str(recordings / "broken.ogg")]
+    assert "cannot decode" in summary["skipped"][str(recordings / "broken.ogg")]
     table = pd.read_csv(tmp_path / "out.csv")
     windows = table.groupby("file").size()
     assert windows[str(recordings / "a.wav")] == 2 and windows[str(recordings / "b.ogg")] == 3
@@ -108,18 +109,64 @@ def test_raven_tables_are_one_per_recording_or_refused(tmp_path):
         raven_tables([tmp_path / "site1/x.wav", tmp_path / "site2/x.wav"], [tmp_path / "site1", tmp_path / "site2"])
 
 
-def test_predict_command_line(exports, tmp_path):
-    write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)
-    (tmp_path / "bad.mp3").write_bytes(b"")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+def test_predict_writes_nothing_when_no_file_can_be_scored(exports, tmp_path):
+    (tmp_path / "corrupt.ogg").write_bytes(b"OggS not really")
+    write_audio(tmp_path / "empty.wav", tone(1000, 0.0, 32000), 32000)
+    (tmp_path / "notes.txt").write_text("field notes")
+    out = tmp_path / "p.csv"
+    out.write_text("an earlier run\n")
+    ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0}, threads=1)
+    (tmp_path / "no_audio").mkdir()
+    with pytest.raises(InferError, match=r"no audio files \(\.ogg, \.wav.*\) in .*no_audio"):
+        predict([tmp_path / "no_audio"], ensemble, out, 5.0, 32000)
+    with pytest.warns(UserWarning), pytest.raises(InferError) as error:
+        predict([tmp_path / name for name in ("notes.txt", "corrupt.ogg", "empty.wav")], ensemble, out, 5.0, 32000,
+                raven=tmp_path / "raven")
+    reasons = str(error.value).splitlines()
+    assert reasons[0] == f"no file could be scored, {out} not written:"
+    assert "notes.txt: cannot decode (Format not recognised.); the file is corrupt or not audio" in reasons[1]
+    assert "corrupt.ogg: cannot decode" in reasons[2] and "empty.wav: contains no samples" in reasons[3]
+    assert out.read_text() == "an earlier run\n" and not (tmp_path / "raven").exists()
+
+
+def predict_command(exports, tmp_path, *args, check=True):
     import yaml
 
     params = tmp_path / "params.yaml"
     values = yaml.safe_load((REPO / "params.yaml").read_text())
     values["families"] = ["eca"]
     params.write_text(yaml.safe_dump(values))
-    result = run([python(), "-m", "birdclef", "predict", str(tmp_path / "x.wav"), str(tmp_path / "bad.mp3"),
-                  "-o", str(tmp_path / "p.csv"), "--exports", str(exports), "--params", str(params),
-                  "--threads", "1"], tmp_path, env)
-    assert "1 files, 2 windows" in result.stdout and "1 skipped" in result.stdout
-    assert "bad.mp3" in result.stderr
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return run([python(), "-m", "birdclef", "predict", *map(str, args), "--exports", str(exports),
+                "--params", str(params)], tmp_path, env, check)
+
+
+def test_predict_command_line(exports, tmp_path):
+    write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)
+    (tmp_path / "bad.mp3").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("field notes")
+    result = predict_command(exports, tmp_path, tmp_path / "x.wav", tmp_path / "bad.mp3", tmp_path / "notes.txt",
+                             "-o", tmp_path / "p.csv", "--threads", "1")
+    assert "1 files, 2 windows" in result.stdout and "2 skipped" in result.stdout
+    assert f"skipped: {tmp_path / 'bad.mp3'}: cannot decode" in result.stderr
+    assert f"skipped: {tmp_path / 'notes.txt'}: cannot decode" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["x.wav", "-o", "folder"], "error: --out folder is a folder; give a file name, e.g. --out folder/predictions.csv"),
+    (["x.wav", "--raven", "x.wav"], "error: --raven x.wav is a file; give a folder"),
+    (["x.wav", "--threads", "-2"], "Invalid value for '--threads'"),
+    (["x.wav", "--top-n", "-3"], "Invalid value for '--top-n'"),
+    (["bad.mp3"], "error: no file could be scored, p.csv not written:\n  bad.mp3: cannot decode"),
+])
+def test_predict_command_line_refuses_bad_input(exports, tmp_path, args, message):
+    write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)
+    (tmp_path / "bad.mp3").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "p.csv").write_text("an earlier run\n")
+    result = predict_command(exports, tmp_path, *args, *([] if "-o" in args else ["-o", "p.csv"]), check=False)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert "->" not in result.stdout
+    assert (tmp_path / "p.csv").read_text() == "an earlier run\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.mp3", "folder", "p.csv", "params.yaml", "x.wav"]
+    assert not any((tmp_path / "folder").iterdir())

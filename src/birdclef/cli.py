@@ -303,13 +303,13 @@ def predict(
     exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
     raven: Annotated[Optional[Path], typer.Option(help="Also write Raven selection tables here.")] = None,
     threshold: Annotated[float, typer.Option(help="Raven tables list scores at or above this.")] = 0.5,
-    top_n: Annotated[int, typer.Option(help="TopN rescaling per file (0 = off: raw window scores; "
-                                              "the submission uses infer.top_n on 60-s soundscapes).")] = 0,
-    threads: Annotated[int, typer.Option(help="OpenVINO threads (0 = all cores).")] = 0,
+    top_n: Annotated[int, typer.Option(min=0, help="TopN rescaling per file (0 = off: raw window scores; "
+                                                     "the submission uses infer.top_n on 60-s soundscapes).")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="OpenVINO threads (0 = all cores).")] = 0,
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Score your own recordings, per 5-s window, with the exported ensemble (any format and
-    rate soundfile reads, any length). Unreadable files are skipped and listed."""
+    rate soundfile reads, any length). Unreadable files are skipped and listed with the reason."""
     import warnings
 
     from birdclef.export import ExportError
@@ -325,7 +325,7 @@ def predict(
                           top_n, raven, threshold)
     except (InferError, ExportError, FileNotFoundError) as error:
         raise _fail(error) from None
-    for path in summary["skipped"]:
-        typer.secho(f"skipped (unreadable): {path}", err=True, fg=typer.colors.YELLOW)
+    for reason in summary["skipped"].values():
+        typer.secho(f"skipped: {reason}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"predict: {summary['files']} files, {summary['windows']} windows -> {out}"
                + (f"; {len(summary['skipped'])} skipped" if summary["skipped"] else ""))

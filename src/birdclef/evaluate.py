@@ -13,7 +13,6 @@ The last two need ``test_soundscapes_labels.csv`` (the sample has it; Kaggle's t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from birdclef import layout
 from birdclef.labels import multi_hot
 from birdclef.metrics import macro_roc_auc
+from birdclef.outputs import write_atomically, write_json
 
 
 def cross_validation(models: Path, family: str, folds: list[int], table, classes: list[str]) -> dict:
@@ -58,7 +58,7 @@ def soundscape_auc(labels, predictions) -> tuple[float, dict[str, float]]:
 
 def round_predictions(params, models: Path, store: Path, keys: list[str], classes: list[str]) -> dict:
     """A round's PyTorch models on the test soundscapes, with TopN, as submission frames: one
-    per family and ``"ensemble"``, the families' mean."""
+    per family and ``"ensemble"``, their mean weighted by ``infer.family_weights`` (as submitted)."""
     import pandas as pd
 
     from birdclef.infer import top_n_rescale
@@ -70,7 +70,8 @@ def round_predictions(params, models: Path, store: Path, keys: list[str], classe
     soundscapes = np.asarray([split_row_id(row_id)[0] for row_id in row_ids])
     per_soundscape = [soundscapes == soundscape for soundscape in np.unique(soundscapes)]
     named = dict(zip(params.families, family_scores))
-    named["ensemble"] = family_scores.mean(axis=0)  # before TopN, as infer's ensemble
+    weights = [params.infer.family_weights[family] for family in params.families]
+    named["ensemble"] = np.average(family_scores, axis=0, weights=weights)  # before TopN, as infer's ensemble
     frames = {}
     for name, scores in named.items():
         for chosen in per_soundscape:
@@ -105,15 +106,7 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
     per_class = {}
     if labels is not None and Path(submission).is_file():
         metrics["submission_soundscape_auc"], per_class = soundscape_auc(labels, pd.read_csv(submission))
-    _write_json(out, metrics)
-    plots.mkdir(parents=True, exist_ok=True)
+    write_json(out, metrics)
     per_class_frame = pd.DataFrame({"species": list(per_class), "auc": list(per_class.values())})
-    per_class_frame.to_csv(plots / "per_class_auc.csv", index=False)
+    write_atomically(plots / "per_class_auc.csv", lambda tmp: per_class_frame.to_csv(tmp, index=False))
     return metrics
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -9,8 +9,6 @@ windows in the same soundscape. Decoding runs in a background thread while OpenV
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 from birdclef import layout
 from birdclef.audio import AudioError, decode
 from birdclef.data import split_windows
+from birdclef.outputs import write_atomically, write_json, write_scores
 from birdclef.progress import progress_bar
 
 if TYPE_CHECKING:  # OpenVINO loads only where an ensemble is built
@@ -113,22 +112,13 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
         submission.insert(0, "row_id", ids)
     else:  # Kaggle hides the test soundscapes until submission: keep the template's rows
         submission = pd.read_csv(sample_submission)
-    _write_csv(submission, out)
+    write_scores(submission, out)
     summary = {"soundscapes": len(paths), "windows": len(ids), "threads": settings.threads,
                "streams": settings.streams, "precision": ensemble.precision,
                "seconds_per_minute_of_audio": round(elapsed / max(audio_seconds / 60, 1e-9), 4) if paths else None,
                "total_seconds": round(elapsed, 3)}
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(metrics, summary)
     return summary
-
-
-def _write_csv(frame, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, path)
 
 
 def find_audio(inputs: list[Path]) -> list[Path]:
@@ -147,23 +137,30 @@ def find_audio(inputs: list[Path]) -> list[Path]:
 
 def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_seconds: float, sample_rate: int,
             top_n: int = 0, raven: Path | None = None, threshold: float = 0.5) -> dict:
-    """Score every 5-s window of the given recordings; unreadable files are skipped and listed."""
+    """Score every 5-s window of the given recordings. Files that cannot be scored are skipped
+    and listed with the reason (``skipped``: path -> reason); when none can, nothing is written."""
     import warnings
 
     import pandas as pd
 
-    paths = find_audio(inputs)
-    if not paths:
+    out = Path(out)
+    if out.is_dir():
+        raise InferError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'predictions.csv'}.")
+    if raven is not None and Path(raven).exists() and not Path(raven).is_dir():
+        raise InferError(f"--raven {raven} is a file; give a folder (new or existing) for the Raven tables.")
+    audio = find_audio(inputs)
+    if not audio:
         raise InferError(f"no audio files ({', '.join(layout.AUDIO_SUFFIXES)}) in {', '.join(map(str, inputs))}.")
-    tables = raven_tables(paths, inputs) if raven is not None else {}
+    skipped = {}
+    tables = raven_tables(audio, inputs) if raven is not None else {}
     window = round(window_seconds * sample_rate)
-    frames, skipped = [], []
-    with progress_bar("predict", len(paths)) as advance:
-        for path, recording in read_ahead(paths, sample_rate):
+    frames = []
+    with progress_bar("predict", len(audio)) as advance:
+        for path, recording in read_ahead(audio, sample_rate):
             advance(1)
             if isinstance(recording, AudioError):
                 warnings.warn(f"skipped: {recording}", stacklevel=2)
-                skipped.append(str(path))
+                skipped[str(path)] = str(recording)
                 continue
             windows = split_windows(recording.wave, window)
             scores = top_n_rescale(ensemble(windows), top_n)
@@ -175,9 +172,10 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
             frames.append(frame)
             if raven is not None:
                 _write_raven(frame, ensemble.classes, raven / tables[path], threshold, sample_rate / 2)
-    if frames:
-        _write_csv(pd.concat(frames, ignore_index=True), out)
-    return {"files": len(paths) - len(skipped), "windows": sum(len(f) for f in frames), "skipped": skipped}
+    if not frames:
+        raise InferError(f"no file could be scored, {out} not written:\n  " + "\n  ".join(skipped.values()))
+    write_scores(pd.concat(frames, ignore_index=True), out)
+    return {"files": len(frames), "windows": sum(len(f) for f in frames), "skipped": skipped}
 
 
 def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
@@ -211,7 +209,4 @@ def _write_raven(frame, classes: list[str], path: Path, threshold: float, high_h
     table = pd.DataFrame(records, columns=["View", "Channel", "Begin Time (s)", "End Time (s)",
                                            "Low Freq (Hz)", "High Freq (Hz)", "Species", "Score"])
     table.insert(0, "Selection", np.arange(1, len(table) + 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))

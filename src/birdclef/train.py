@@ -32,6 +32,7 @@ from birdclef.labels import multi_hot
 from birdclef.losses import build_loss
 from birdclef.metrics import file_level_max, macro_roc_auc, scorable_classes
 from birdclef.model import BirdClassifier
+from birdclef.outputs import SCORE_FORMAT
 from birdclef.params import FamilyParams, Params, TrainParams
 from birdclef.store import AudioStore
 
@@ -376,6 +377,6 @@ def _save(out: Path, model: BirdClassifier, meta: dict, keys: list[str], classes
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     oof = pd.DataFrame(scores, columns=classes)
     oof.insert(0, "key", keys)
-    oof.to_csv(tmp / "oof.csv", index=False, float_format="%.6f")
+    oof.to_csv(tmp / "oof.csv", index=False, float_format=SCORE_FORMAT)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

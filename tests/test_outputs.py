@@ -1,0 +1,36 @@
+"""Stage outputs: scores written at float32 precision, files replaced whole or not at all."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from birdclef.outputs import write_atomically, write_scores
+
+
+def test_scores_read_back_exactly_so_faint_classes_keep_their_order(tmp_path):
+    # After TopN a faint class scores ~1e-7 and below: one positive above two negatives.
+    faint = np.array([3.6e-7, 1.2e-7, 1e-10], np.float32)
+    spread = np.random.default_rng(0).uniform(0, 1, 1000).astype(np.float32) ** 12  # 1 down to ~1e-36
+    path = tmp_path / "submission.csv"
+    write_scores(pd.DataFrame({"row_id": range(3), "faint": faint}), path)
+    back = pd.read_csv(path)["faint"].to_numpy(np.float32)
+    assert roc_auc_score([1, 0, 0], back) == 1.0
+    write_scores(pd.DataFrame({"spread": spread}), path)
+    np.testing.assert_array_equal(pd.read_csv(path)["spread"].to_numpy(np.float32), spread)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "metrics" / "infer.json"
+    path.parent.mkdir()
+    path.write_text("old")
+
+    def half_then_fail(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(path, half_then_fail)
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["infer.json"]
+    write_atomically(path, lambda tmp: tmp.write_text("new"))
+    assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["infer.json"]
