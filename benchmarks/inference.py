@@ -193,7 +193,7 @@ def ensemble_group(folders: list[Path], soundscape: np.ndarray, average: np.ndar
     """The whole ensemble (family average) by the seed-equivalent path and the candidates."""
     import openvino as ov
 
-    from birdclef.export import ExportedEnsemble, ExportedFamily
+    from birdclef.export import ExportedEnsemble
 
     # the seed's runtime: each family's IR compiled with OpenVINO's defaults (dynamic batch)
     seed_graphs = [ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_NUM_THREADS": threads})

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from birdclef.outputs import write_atomically, write_scores
+from birdclef.outputs import folder_written_atomically, write_atomically, write_scores
 
 
 def test_scores_read_back_exactly_so_faint_classes_keep_their_order(tmp_path):
@@ -34,3 +34,36 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["infer.json"]
     write_atomically(path, lambda tmp: tmp.write_text("new"))
     assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["infer.json"]
+
+
+def _tree(folder):
+    return {str(path.relative_to(folder)): path.read_text() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_failed_folder_write_leaves_the_old_folder_whole(tmp_path):
+    out = tmp_path / "models" / "fold0"
+    out.mkdir(parents=True)
+    (out / "model.pt").write_text("old weights")
+    (out / "meta.json").write_text("old meta")
+    with pytest.raises(RuntimeError), folder_written_atomically(out) as folder:
+        (folder / "model.pt").write_text("new weights")
+        raise RuntimeError("killed before meta.json")
+    assert _tree(out) == {"model.pt": "old weights", "meta.json": "old meta"}
+    assert sorted(path.name for path in out.parent.iterdir()) == ["fold0"]
+
+    with folder_written_atomically(out) as folder:
+        (folder / "model.pt").write_text("new weights")
+    assert _tree(out) == {"model.pt": "new weights"}  # replaced whole: no old file is kept
+    assert sorted(path.name for path in out.parent.iterdir()) == ["fold0"]
+
+
+def test_a_run_killed_between_the_renames_gets_its_folder_back(tmp_path):
+    out = tmp_path / "export"
+    (tmp_path / "export.old").mkdir()  # what a kill after "rename out aside" leaves
+    (tmp_path / "export.old" / "model.xml").write_text("old")
+    (tmp_path / "export.tmp").mkdir()
+    (tmp_path / "export.tmp" / "model.xml").write_text("half")
+    with pytest.raises(RuntimeError), folder_written_atomically(out):
+        raise RuntimeError("fails again")
+    assert _tree(out) == {"model.xml": "old"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]

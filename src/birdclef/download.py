@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
 from birdclef import layout
+from birdclef.outputs import folder_written_atomically
 from birdclef.params import Params
 from birdclef.progress import progress_bar
 
@@ -95,22 +95,17 @@ def download_birdclef2025(out: Path, downloads: Path, pseudo_files: list[str]) -
     for reference in DATASETS:
         folders[reference] = _fetch(downloads / reference.split("/")[1], lambda folder, ref=reference:
                                     api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        summary = unpack.competition(folders[COMPETITION], tmp)
-        vocabulary = set(read_taxonomy(tmp / layout.TAXONOMY_CSV))
-        summary.update(unpack.extra_audio(folders[ADD_DATA], tmp, vocabulary))
-        summary.update(unpack.published_backbones(folders[BACKBONES], tmp))
-        summary.update(unpack.published_pseudo(folders[PSEUDO], tmp, pseudo_files))
-        summary.update(unpack.background([folders[part] for part in PARTS_2023], tmp, downloads))
-        summary.update(unpack.pretrain_metadata(folders[PRETRAIN_METADATA], tmp))
+        with folder_written_atomically(out) as tmp:
+            summary = unpack.competition(folders[COMPETITION], tmp)
+            vocabulary = set(read_taxonomy(tmp / layout.TAXONOMY_CSV))
+            summary.update(unpack.extra_audio(folders[ADD_DATA], tmp, vocabulary))
+            summary.update(unpack.published_backbones(folders[BACKBONES], tmp))
+            summary.update(unpack.published_pseudo(folders[PSEUDO], tmp, pseudo_files))
+            summary.update(unpack.background([folders[part] for part in PARTS_2023], tmp, downloads))
+            summary.update(unpack.pretrain_metadata(folders[PRETRAIN_METADATA], tmp))
     except unpack.LayoutError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise DownloadError(str(error)) from None
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
     return ", ".join(f"{value} {name}" for name, value in summary.items())
 
 

@@ -18,8 +18,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 
 from birdclef.model import BirdClassifier
+from birdclef.outputs import folder_written_atomically, write_json
 
 INPUT_NAME = "wave"
 OUTPUT_NAME = "probabilities"
@@ -167,11 +166,7 @@ def export_family(models: Path, family: str, folds: list[int], out: Path, window
     out = Path(out)
     fold_models, meta = load_fold_models(Path(models) / family, folds)
     ensemble = FoldEnsemble(fold_models).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")  # a crashed run's leftovers are cleared by the next
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with folder_written_atomically(out) as tmp:
         onnx_path, xml_path = tmp / "model.onnx", tmp / "model.xml"
         _export_onnx(ensemble, onnx_path, window_samples, opset)
         graph = onnx.load(str(onnx_path))
@@ -212,12 +207,7 @@ def export_family(models: Path, family: str, folds: list[int], out: Path, window
                 "default_precision": default_precision, "frontend": frontend_settings(frontend),
                 "spectrogram_tensor": spectrogram, "frontend_constants_f32": kept,
                 "bytes": {path.name: path.stat().st_size for path in sorted(tmp.iterdir())}}
-        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / "export.json", info)
     return info
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 # Nine significant digits read every float32 score back exactly. Fixed decimals would not:
 # TopN rescaling multiplies a window's score by its class's maximum in the soundscape, so
@@ -26,6 +28,37 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+@contextmanager
+def folder_written_atomically(out: Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``out`` to fill; when the block ends it replaces ``out``.
+
+    The old ``out`` is renamed aside before the new one is renamed in, and removed last, so a
+    failed or killed run leaves the old folder (or none), never a mix of old and new files.
+    A run killed between the two renames leaves ``<out>.old``, which the next run puts back.
+    """
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.exists():
+        if out.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(out)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from birdclef import layout
 from birdclef.audio import AudioError, Recording, decode
+from birdclef.outputs import write_atomically
 from birdclef.params import Params
 from birdclef.progress import progress_bar
 from birdclef.store import (
@@ -247,7 +248,5 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
 def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     import pandas as pd
 
-    path = out / SKIPPED_CSV
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(skipped, columns=["key", "reason"]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    frame = pd.DataFrame(skipped, columns=["key", "reason"])
+    write_atomically(out / SKIPPED_CSV, lambda tmp: frame.to_csv(tmp, index=False))

@@ -22,7 +22,6 @@ oversampling draws from generators seeded per (variant, fold, class), and rows a
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from birdclef import layout
+from birdclef.outputs import write_atomically
 from birdclef.params import Params, PrepareParams
 from birdclef.store import AudioStore, collection_of
 from birdclef.tables import TableError, read_taxonomy, read_train_table
@@ -287,17 +287,12 @@ def folds_frame(table: pd.DataFrame, vocabulary: list[str],
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write a table atomically (temp file + rename), with fixed line endings."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+    """Write a table atomically, with the same line endings on every platform."""
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))
 
 
 def write_text(text: str, path: Path) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
 
 
 def prepare(raw: Path, external: Path, store: Path, out: Path, params: Params) -> dict:

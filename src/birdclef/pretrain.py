@@ -17,8 +17,6 @@ what ``BirdClassifier.load_backbone`` reads strictly) and ``source.json`` beside
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from birdclef import layout
 from birdclef.data import TrainingWindows, worker_count
+from birdclef.outputs import write_atomically, write_json
 from birdclef.params import FamilyParams, Params
 from birdclef.train import BirdModule, TrainError, background_mixer, build_model, make_trainer
 
@@ -46,12 +45,8 @@ def prepare_backbone(params: Params, family_name: str, raw: Path, store: Path, o
         state = build_model(params.family[family_name], 1, params.train).backbone_state_dict()
         summary = {"initialisation": f"random, seed {params.seed}"}
     summary = {"family": family_name, "backbone": params.family[family_name].backbone, "source": source, **summary}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
-    logs.mkdir(parents=True, exist_ok=True)
-    (logs / "source.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(out, lambda tmp: torch.save(state, tmp))
+    write_json(logs / "source.json", summary)
     return summary
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from birdclef import layout
+from birdclef.outputs import folder_written_atomically
 
 
 
@@ -79,7 +80,6 @@ def read_pseudo_file(path: Path, classes: list[str]):
 def load_pool(folder: Path, classes: list[str], min_primary_prob: float, trim_prob: float,
               swap_p: float, store_keys: set[str]):
     """The ``PseudoPool`` a training run swaps items from (empty when the folder has none)."""
-    import pandas as pd
 
     from birdclef.data import PseudoChunk, PseudoPool
 
@@ -140,7 +140,6 @@ def teacher_ensembles(models: Path, families: list[str], folds: list[int]):
 def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, store: Path, out: Path) -> dict:
     """The pseudo stage: the round's ensemble labels every unlabelled soundscape; the folder
     ``out`` gets the inherited files first (they keep priority), then the new one."""
-    import os
     import shutil
 
     import pandas as pd
@@ -160,14 +159,10 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
     frame.insert(0, "row_id", row_ids)
     frame["primary_label"] = np.asarray(classes)[scores.argmax(axis=1)]
     frame["primary_label_prob"] = scores.max(axis=1)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for number, path in enumerate(inherited):
-        shutil.copyfile(path, tmp / f"{number:02d}-{path.name.split('-', 1)[-1]}")
-    frame.to_csv(tmp / f"{len(inherited):02d}-{round_name}.csv", index=False, float_format="%.6f")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with folder_written_atomically(out) as folder:
+        for number, path in enumerate(inherited):
+            shutil.copyfile(path, folder / f"{number:02d}-{path.name.split('-', 1)[-1]}")
+        frame.to_csv(folder / f"{len(inherited):02d}-{round_name}.csv", index=False, float_format="%.6f")
     # What the next round can swap in: the inherited files keep their soundscapes first.
     kept = stack([*inherited_frames, frame], classes, params.pseudo.min_primary_prob, params.pseudo.trim_prob)
     return {"soundscapes": len(keys), "chunks": len(frame), "kept_chunks": len(kept),

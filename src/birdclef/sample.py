@@ -10,7 +10,6 @@ draws from its own generator, so the same params give byte-identical files.
 from __future__ import annotations
 
 import io
-import shutil
 import struct
 import zlib
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from birdclef import layout
+from birdclef.outputs import folder_written_atomically
 from birdclef.params import SampleParams
 
 WINDOW_SECONDS = 5  # Kaggle scores soundscapes per 5-s window
@@ -172,47 +172,31 @@ class _Recording:
 def generate(out: Path, params: SampleParams, sample_rate: int = 32000) -> dict:
     """Write the sample into ``out`` (normally data/raw). Returns a small summary dict (counts).
 
-    Everything is written into a sibling ``<out>.tmp`` first and renamed at the end, so an
-    interrupted run leaves the previous dataset (or none), never half of one.
+    Written through ``folder_written_atomically``: an interrupted run leaves the previous
+    dataset (or none), never half of one.
     """
     from birdclef.progress import progress_bar
 
     _check(params)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    old = out.with_name(out.name + ".old")
-    for leftover in (tmp, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
     targets, extras = species_catalogue(params)
     plan = _plan(params, targets, extras, sample_rate)
     jobs = _jobs(plan, params.soundscape_seconds, sample_rate)
     tables = 7  # the csv files of _tables
     events: dict[str, list] = {}
     seconds = 0.0
-    try:
-        with progress_bar("sample dataset", len(jobs) + tables) as advance:
-            for stream, index, relative, make in jobs:
-                audio, rate, calls = make(_rng(params.seed, STREAM[stream], index))
-                _write_audio(tmp / relative, audio, rate)
-                if stream == layout.TEST_SOUNDSCAPES:
-                    events[Path(relative).stem] = calls
-                seconds += len(audio) / rate
-                advance()
-            for relative, table in _tables(plan, events, params.soundscape_seconds).items():
-                path = tmp / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                table.to_csv(path, index=False)
-                advance()
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    with folder_written_atomically(out) as tmp, progress_bar("sample dataset", len(jobs) + tables) as advance:
+        for stream, index, relative, make in jobs:
+            audio, rate, calls = make(_rng(params.seed, STREAM[stream], index))
+            _write_audio(tmp / relative, audio, rate)
+            if stream == layout.TEST_SOUNDSCAPES:
+                events[Path(relative).stem] = calls
+            seconds += len(audio) / rate
+            advance()
+        for relative, table in _tables(plan, events, params.soundscape_seconds).items():
+            path = tmp / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path, index=False)
+            advance()
     return {
         "species": len(targets),
         "pretrain_species": len(targets) + len(extras),

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from birdclef.outputs import write_atomically
+
 CHUNK_SAMPLES = 1 << 16
 INDEX_CSV = "index.csv"
 INDEX_COLUMNS = (
@@ -168,9 +170,7 @@ def write_index(root: Path, rows: list[StoredRecording]) -> Path:
     frame = pd.DataFrame([row.__dict__ for row in rows], columns=list(INDEX_COLUMNS))
     frame = frame.sort_values("key", kind="stable").reset_index(drop=True)
     path = Path(root) / INDEX_CSV
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
     return path
 
 

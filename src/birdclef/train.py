@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from birdclef.labels import multi_hot
 from birdclef.losses import build_loss
 from birdclef.metrics import file_level_max, macro_roc_auc, scorable_classes
 from birdclef.model import BirdClassifier
-from birdclef.outputs import SCORE_FORMAT
+from birdclef.outputs import folder_written_atomically, write_json, write_scores
 from birdclef.params import FamilyParams, Params, TrainParams
 from birdclef.store import AudioStore
 
@@ -367,16 +365,12 @@ class _Indexed(torch.utils.data.Dataset):
 
 def _save(out: Path, model: BirdClassifier, meta: dict, keys: list[str], classes: list[str],
           scores: np.ndarray) -> None:
-    """Write the run's folder atomically (temp folder, then rename)."""
+    """The run's folder: the weights, what built them, and the out-of-fold scores."""
     import pandas as pd
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(model.state_dict(), tmp / "model.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     oof = pd.DataFrame(scores, columns=classes)
     oof.insert(0, "key", keys)
-    oof.to_csv(tmp / "oof.csv", index=False, float_format=SCORE_FORMAT)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with folder_written_atomically(out) as folder:
+        torch.save(model.state_dict(), folder / "model.pt")
+        write_json(folder / "meta.json", meta)
+        write_scores(oof, folder / "oof.csv")
