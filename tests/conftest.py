@@ -109,8 +109,10 @@ def dvc(args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess
 
 
 def project_copy(target: Path) -> Path:
-    """The tracked project files (what a fresh clone has) in a new git repository."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    """The tracked project files in a new git repository: what a fresh clone has, with the
+    working tree's edits. A new file that was never `git add`-ed is left out, as CI's clean
+    checkout would lack it."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached"],
                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, files):
         source = REPO / name

@@ -62,14 +62,11 @@ def test_empty_files_are_rejected(tmp_path):
         decode(no_frames)
 
 
-def test_truncated_file_decodes_what_is_there_or_fails_clearly(tmp_path):
+def test_truncated_file_fails_naming_it(tmp_path):
+    # libsndfile reads no frames from an Ogg cut in half: an error naming the file, not a crash
     path = write_audio(tmp_path / "cut.ogg", tone(800.0, 6.0, 32000), 32000)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    try:
-        recording = decode(path)
-    except AudioError as error:
-        assert "cut.ogg" in str(error)
-    else:
-        assert 0 < len(recording.wave) < 6 * 32000
+    with pytest.raises(AudioError, match="cut.ogg: contains no samples"):
+        decode(path)
 

@@ -1,5 +1,7 @@
 """Augmentations: mixup, background mixing, random filtering and SpecAugment (seed spec §2.5)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -121,27 +123,34 @@ def test_background_crops_long_clip_at_random():
     assert len(starts) > 15
 
 
-class FakeStore:
-    """The store's reader API over in-memory recordings; records what was read."""
+class CountingReads:
+    """A real HDF5 store (float32, so values read back exactly) that records what was read."""
 
-    def __init__(self, recordings: dict[str, np.ndarray], sample_rate: int):
-        self.recordings, self.sample_rate, self.reads = recordings, sample_rate, []
+    def __init__(self, root: Path, recordings: dict[str, np.ndarray], sample_rate: int):
+        from birdclef.store import AudioStore, ShardWriter, write_index
+
+        root.mkdir(parents=True)
+        writer = ShardWriter(root / "background-000.h5", sample_rate, "float32", "test")
+        for key, wave in recordings.items():
+            writer.append(key, wave, sample_rate, 1, "WAV")
+        write_index(root, writer.close())
+        self.store, self.sample_rate, self.reads = AudioStore(root), sample_rate, []
 
     def duration(self, key: str) -> float:
-        return len(self.recordings[key]) / self.sample_rate
+        return self.store.duration(key)
 
     def read(self, key: str, start_s: float, end_s: float) -> np.ndarray:
-        start, end = round(start_s * self.sample_rate), round(end_s * self.sample_rate)
-        self.reads.append((key, end - start))
-        return self.recordings[key][start:end]
+        audio = self.store.read(key, start_s, end_s)
+        self.reads.append((key, len(audio)))
+        return audio
 
 
-def test_store_background_scales_crop_by_recording_peak_and_reads_one_window():
+def test_store_background_scales_crop_by_recording_peak_and_reads_one_window(tmp_path):
     rate = 1000
     soundscape = np.full(20 * WINDOW, 0.5, np.float32)
     soundscape[7] = 2.0  # the loudest moment is outside almost every crop
-    store = FakeStore({"soundscapes_nocall/a.ogg": soundscape}, rate)
-    source = StoreBackground(["soundscapes_nocall/a.ogg"], store, rate)
+    store = CountingReads(tmp_path / "store", {"background/a.ogg": soundscape}, rate)
+    source = StoreBackground(["background/a.ogg"], store, rate)
     rng = np.random.default_rng(5)
     for _ in range(5):
         crop = source(rng, WINDOW)
@@ -152,11 +161,11 @@ def test_store_background_scales_crop_by_recording_peak_and_reads_one_window():
     assert len(store.reads) == 6
 
 
-def test_store_background_short_recording_is_tiled_by_the_mixer():
+def test_store_background_short_recording_is_tiled_by_the_mixer(tmp_path):
     rate = 1000
-    short = tone(3, 700) * 0.2
-    store = FakeStore({"esc50/rain.wav": short}, rate)
-    mixer = BackgroundMixer([StoreBackground(["esc50/rain.wav"], store, rate)], p=1.0)
+    short = (tone(3, 700) * 0.2).astype(np.float32)
+    store = CountingReads(tmp_path / "store", {"background/rain.wav": short}, rate)
+    mixer = BackgroundMixer([StoreBackground(["background/rain.wav"], store, rate)], p=1.0)
     mixed = mixer(np.zeros(WINDOW, np.float32), np.random.default_rng(6))
     np.testing.assert_allclose(mixed, np.tile(short / 0.2, 5)[:WINDOW], atol=1e-5)
 

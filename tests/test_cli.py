@@ -68,6 +68,13 @@ def test_missing_params_file_is_explained(tmp_path):
     assert result.returncode == 1 and "params.yaml: not found" in result.stderr
 
 
+def test_params_that_are_not_yaml_are_explained(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: [42\n")
+    result = run([python(), "-m", "birdclef", "precompute"], tmp_path, env(), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "params.yaml: not valid YAML (line 2, column 1)" in result.stderr
+
+
 def test_committed_params_are_the_default_composition(tmp_path):
     """`dvc exp run` composes params.yaml from conf/; a plain `dvc repro` must run the same."""
     from dvc.utils.hydra import compose_and_dump
@@ -83,6 +90,14 @@ def test_committed_params_are_the_default_composition(tmp_path):
     (["pseudo", "--round", "round7"], "unknown round 'round7'; params.yaml has round0, round1"),
     (["train", "--family", "eca", "--fold", "0", "--round", "round7"], "unknown round 'round7'"),
     (["evaluate", "--tables", "."], "data/store/index.csv: no store index; run `dvc repro precompute`"),
+    # a mistyped path must not quietly train without background clips, pseudo labels or weights
+    (["train", "--family", "eca", "--fold", "0", "--raw", "nope"], "--raw nope: no such folder"),
+    (["train", "--family", "eca", "--fold", "0", "--raw", ".", "--tables", ".", "--round", "round1"],
+     "round1's pseudo labels data/pseudo/round0: no such folder (`dvc repro pseudo@round0` writes them)"),
+    (["train", "--family", "eca", "--fold", "0", "--raw", ".", "--tables", ".", "--pretrained", "eca.pt"],
+     "--pretrained eca.pt: no such file"),
+    (["pretrain", "--family", "eca", "--raw", "nope"], "--raw nope: no such folder"),
+    (["download", "--out", "."], "holds files this command did not write (no taxonomy.csv)"),
 ])
 def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())

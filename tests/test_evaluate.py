@@ -113,3 +113,65 @@ def test_cross_validation_names_a_fold_without_its_oof_scores(tmp_path):
     (fold / "meta.json").write_text('{"val_auc": 0.9}')
     with pytest.raises(FileNotFoundError, match=r"fold0: no trained model \(meta.json \+ oof.csv\)"):
         cross_validation(tmp_path, "eca", [0], None, CLASSES)
+
+
+def test_round_predictions_rescale_each_soundscape_on_its_own(params, round_models, tmp_path):
+    from birdclef.infer import top_n_rescale
+
+    store = soundscape_store(tmp_path / "store", "test_soundscapes", seconds=20.0)
+    params.families, params.folds, params.infer.top_n = ["eca"], [0], 1
+    params.infer.family_weights = {"eca": 1.0}
+    keys = store.keys("test_soundscapes")
+    frames = round_predictions(params, round_models / "round0", tmp_path / "store", keys, CLASSES)
+    direct = [family_scores(round_models, "eca", store, key) for key in keys]
+    expected = np.concatenate([top_n_rescale(scores, 1) for scores in direct])
+    for name in ("eca", "ensemble"):
+        np.testing.assert_allclose(frames[name][CLASSES].to_numpy(), expected, atol=1e-5)
+    assert not np.allclose(top_n_rescale(np.concatenate(direct), 1), expected, atol=1e-4)  # not across files
+
+
+def test_soundscape_auc_matches_sklearn_whatever_the_row_order():
+    from sklearn.metrics import roc_auc_score
+
+    from birdclef.evaluate import soundscape_auc
+
+    rng = np.random.default_rng(3)
+    row_ids = [f"S{s}_{5 * (w + 1)}" for s in range(4) for w in range(12)]
+    targets = (rng.uniform(size=(len(row_ids), len(CLASSES))) < 0.2).astype(int)
+    targets[:, 1] = 0  # a class no window has: Kaggle's metric leaves it out
+    scores = np.clip(0.6 * targets + rng.uniform(0, 0.7, targets.shape), 0, 1)
+    labels = pd.DataFrame(targets, columns=CLASSES).assign(row_id=row_ids)[["row_id", *CLASSES]]
+    order = rng.permutation(len(row_ids))
+    predictions = pd.DataFrame(scores[order], columns=CLASSES)
+    predictions.insert(0, "row_id", np.asarray(row_ids)[order])
+    score, per_class = soundscape_auc(labels, predictions[["row_id", *CLASSES[::-1]]])
+    expected = {name: roc_auc_score(targets[:, i], scores[:, i]) for i, name in enumerate(CLASSES) if i != 1}
+    assert per_class == {name: round(value, 5) for name, value in expected.items()}
+    assert score == round(float(np.mean(list(expected.values()))), 5)
+
+
+def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from birdclef.evaluate import cross_validation
+
+    rng = np.random.default_rng(5)
+    table = pd.DataFrame({"key": [f"train_audio/r{i}.ogg" for i in range(30)],
+                          "primary_label": [CLASSES[i % 3] for i in range(30)],
+                          "secondary_labels": [[]] * 29 + [[CLASSES[2]]]})
+    scores = rng.uniform(size=(30, len(CLASSES)))
+    for fold, (rows, auc) in enumerate(((range(0, 30, 2), 0.75), (range(1, 30, 2), 0.85))):
+        folder = tmp_path / "eca" / f"fold{fold}"
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(f'{{"val_auc": {auc}}}')
+        rows = list(rows)[::-1]  # OOF rows in another order than the table's
+        oof = pd.DataFrame(scores[rows], columns=CLASSES)
+        oof.insert(0, "key", table["key"].iloc[rows].tolist())
+        oof.to_csv(folder / "oof.csv", index=False)
+    result = cross_validation(tmp_path, "eca", [0, 1], table, CLASSES)
+    targets = np.zeros_like(scores)
+    for i in range(30):
+        targets[i, i % 3] = 1
+    targets[29, 2] = 1
+    expected = np.mean([roc_auc_score(targets[:, c], scores[:, c]) for c in range(3)])  # the other classes: no positives
+    assert result == {"cv_auc": 0.8, "oof_auc": round(expected, 5), "fold_auc": [0.75, 0.85]}

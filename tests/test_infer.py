@@ -43,6 +43,10 @@ def params():
 
 
 def test_submission_format(exports, params, tmp_path):
+    from birdclef.audio import decode
+    from birdclef.data import split_windows
+
+    params.infer.precision = "f32"  # compared with a direct f32 run below
     soundscapes = tmp_path / "test_soundscapes"
     for number in range(2):
         write_audio(soundscapes / f"H02_2023060{number}_070000.ogg", tone(2000 + 500 * number, 60.0, 32000), 32000)
@@ -52,16 +56,33 @@ def test_submission_format(exports, params, tmp_path):
     summary = infer(params, exports, soundscapes, template, tmp_path / "submission.csv", tmp_path / "infer.json")
     submission = pd.read_csv(tmp_path / "submission.csv")
     assert list(submission.columns) == ["row_id", *shuffled]
-    assert len(submission) == 24  # 12 windows per minute
+    assert len(submission) == 24 and summary["windows"] == 24  # 12 windows per minute
     assert submission["row_id"].tolist()[:3] == ["H02_20230600_070000_5", "H02_20230600_070000_10",
                                                  "H02_20230600_070000_15"]
     assert submission["row_id"].iloc[-1] == "H02_20230601_070000_60"
-    values = submission[shuffled].to_numpy()
-    assert values.min() >= 0 and values.max() <= 1
-    assert summary["seconds_per_minute_of_audio"] > 0
-    # the columns follow the template's order, not the models'
-    ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0})
-    assert ensemble.classes == CLASSES
+    # each column holds its own class's scores, TopN-rescaled within each soundscape
+    ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0}, precision="f32")
+    assert ensemble.classes == CLASSES != shuffled
+    expected = np.concatenate([
+        top_n_rescale(ensemble(split_windows(decode(path, 32000).wave, 160_000)), params.infer.top_n)
+        for path in sorted(soundscapes.iterdir())])
+    for index, name in enumerate(CLASSES):
+        np.testing.assert_allclose(submission[name].to_numpy(), expected[:, index], rtol=1e-4, atol=1e-7)
+    across_files = top_n_rescale(np.concatenate([
+        ensemble(split_windows(decode(path, 32000).wave, 160_000)) for path in sorted(soundscapes.iterdir())]), 1)
+    assert not np.allclose(across_files, expected, rtol=1e-3)  # the per-file check above can tell them apart
+
+
+def test_no_soundscapes_keeps_the_templates_rows(exports, params, tmp_path):
+    # Kaggle hides the test soundscapes until a submission runs: the template passes through
+    template = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"row_id": ["H02_x_5", "H02_x_10"], **{name: [0.5, 0.25] for name in CLASSES}}).to_csv(
+        template, index=False)
+    (tmp_path / "test_soundscapes").mkdir()
+    summary = infer(params, exports, tmp_path / "test_soundscapes", template, tmp_path / "submission.csv",
+                    tmp_path / "infer.json")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "submission.csv"), pd.read_csv(template))
+    assert summary["soundscapes"] == 0 and summary["seconds_per_minute_of_audio"] is None
 
 
 def test_unknown_template_column_is_refused(exports, params, tmp_path):
@@ -71,6 +92,19 @@ def test_unknown_template_column_is_refused(exports, params, tmp_path):
     pd.DataFrame(columns=["row_id", *CLASSES, "notabird"]).to_csv(template, index=False)
     with pytest.raises(InferError, match="notabird"):
         infer(params, exports, tmp_path, template, tmp_path / "s.csv", tmp_path / "m.json")
+
+
+def test_predict_rescales_each_file_on_its_own(exports, tmp_path):
+    ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0}, precision="f32")
+    for name, hz in (("a.wav", 1500), ("b.wav", 4000)):
+        write_audio(tmp_path / "in" / name, tone(hz, 20.0, 32000) * np.linspace(0.1, 1, 640_000), 32000)
+    predict([tmp_path / "in"], ensemble, tmp_path / "raw.csv", 5.0, 32000, top_n=0)
+    predict([tmp_path / "in"], ensemble, tmp_path / "top2.csv", 5.0, 32000, top_n=2)
+    raw, rescaled = pd.read_csv(tmp_path / "raw.csv"), pd.read_csv(tmp_path / "top2.csv")
+    for file, windows in raw.groupby("file", sort=False):
+        expected = top_n_rescale(windows[CLASSES].to_numpy(), 2)
+        np.testing.assert_allclose(rescaled.loc[windows.index, CLASSES].to_numpy(), expected, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(rescaled[CLASSES].to_numpy(), raw[CLASSES].to_numpy(), rtol=1e-3)
 
 
 def test_predict_reads_every_format_rate_and_length(exports, tmp_path):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from birdclef.outputs import folder_written_atomically, write_atomically, write_scores
+from birdclef.outputs import OutputError, folder_written_atomically, write_atomically, write_scores
 
 
 def test_scores_read_back_exactly_so_faint_classes_keep_their_order(tmp_path):
@@ -45,13 +45,13 @@ def test_a_failed_folder_write_leaves_the_old_folder_whole(tmp_path):
     out.mkdir(parents=True)
     (out / "model.pt").write_text("old weights")
     (out / "meta.json").write_text("old meta")
-    with pytest.raises(RuntimeError), folder_written_atomically(out) as folder:
+    with pytest.raises(RuntimeError), folder_written_atomically(out, "meta.json") as folder:
         (folder / "model.pt").write_text("new weights")
         raise RuntimeError("killed before meta.json")
     assert _tree(out) == {"model.pt": "old weights", "meta.json": "old meta"}
     assert sorted(path.name for path in out.parent.iterdir()) == ["fold0"]
 
-    with folder_written_atomically(out) as folder:
+    with folder_written_atomically(out, "meta.json") as folder:
         (folder / "model.pt").write_text("new weights")
     assert _tree(out) == {"model.pt": "new weights"}  # replaced whole: no old file is kept
     assert sorted(path.name for path in out.parent.iterdir()) == ["fold0"]
@@ -63,7 +63,25 @@ def test_a_run_killed_between_the_renames_gets_its_folder_back(tmp_path):
     (tmp_path / "export.old" / "model.xml").write_text("old")
     (tmp_path / "export.tmp").mkdir()
     (tmp_path / "export.tmp" / "model.xml").write_text("half")
-    with pytest.raises(RuntimeError), folder_written_atomically(out):
+    with pytest.raises(RuntimeError), folder_written_atomically(out, "model.xml"):
         raise RuntimeError("fails again")
     assert _tree(out) == {"model.xml": "old"}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_folder_the_stage_did_not_write_is_refused_and_kept(tmp_path):
+    data = tmp_path / "data"  # e.g. `birdclef download --out data`
+    (data / "external").mkdir(parents=True)
+    (data / "external" / "train.csv").write_text("mine")
+    for out in (data, tmp_path / "notes.txt"):
+        if out.suffix:
+            out.write_text("mine")
+        with pytest.raises(OutputError, match="name a new"), folder_written_atomically(out, "taxonomy.csv"):
+            pass
+    assert _tree(tmp_path) == {"data/external/train.csv": "mine", "notes.txt": "mine"}
+    (tmp_path / "empty").mkdir()
+    with folder_written_atomically(tmp_path / "empty", "taxonomy.csv") as folder:
+        (folder / "taxonomy.csv").write_text("new")
+    with folder_written_atomically(tmp_path / "empty", "taxonomy.csv") as folder:  # an earlier output
+        (folder / "taxonomy.csv").write_text("newer")
+    assert _tree(tmp_path / "empty") == {"taxonomy.csv": "newer"}

@@ -208,8 +208,9 @@ def test_output_is_replaced_whole_and_never_left_half_written(tmp_path, monkeypa
     out = tmp_path / "raw"
     quick = replace(SMALL, species=2, min_recordings=1, max_recordings=2, soundscape_seconds=10,
                     test_soundscapes=1, pretrain_extra_species=0)
-    (out / "stale").mkdir(parents=True)
+    (out / "stale").mkdir(parents=True)  # an earlier download (it has a taxonomy) with a stale file
     (out / "stale" / "old.ogg").write_bytes(b"old")
+    (out / layout.TAXONOMY_CSV).write_text("old")
     out.with_name("raw.tmp").mkdir()  # left behind by an interrupted run
     generate(out, quick)
     assert not (out / "stale").exists() and (out / layout.TRAIN_CSV).is_file()
@@ -234,9 +235,11 @@ def test_output_is_replaced_whole_and_never_left_half_written(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
-@pytest.mark.parametrize("change", [{"soundscape_seconds": 12}, {"soundscape_seconds": 5},
-                                   {"min_recordings": 4, "max_recordings": 3}])
-def test_impossible_sizes_are_refused(tmp_path, change):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("change, message", [
+    ({"soundscape_seconds": 12}, "soundscape_seconds must be a multiple of 5"),
+    ({"soundscape_seconds": 5}, "at least 10"),
+    ({"min_recordings": 4, "max_recordings": 3}, "min_recordings <= max_recordings")])
+def test_impossible_sizes_are_refused(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
         generate(tmp_path / "raw", replace(SMALL, **change))
     assert not (tmp_path / "raw").exists()

@@ -77,5 +77,5 @@ def test_read_measurements_run(tmp_path):
     scale.measure_precompute(tmp_path / "raw", tmp_path / "store", params, items, 0.1)
     for mode in scale.READ_MODES:
         stats = scale.measure_reads(tmp_path / "store", 50, mode)
-        assert stats["recordings"] == len(items) and stats["shards"] == 3 + 1 + 1 and stats["per_s"] > 0
+        assert stats["recordings"] == len(items) and stats["shards"] == 3 + 1 + 1
         assert 0 < stats["mean_read_s"] <= 5.0

@@ -56,18 +56,20 @@ def main() -> None:
 
 @command
 def download(
-    out: Annotated[Path, typer.Option(help="Where to write the raw dataset.")] = Path("data/raw"),
+    out: Annotated[Path, typer.Option(help="Where to write the raw dataset (a folder it replaces whole: new, "
+                                            "empty, or an earlier download).")] = Path("data/raw"),
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write the raw dataset: the generated sample (`data.source: sample`, offline) or the
     Kaggle competition plus the authors' datasets (`data.source: birdclef2025`, needs
     Kaggle credentials)."""
     from birdclef.download import DownloadError, download as run
+    from birdclef.outputs import OutputError
 
     params = _load(params_path)
     try:
         summary = run(out, params)
-    except DownloadError as error:
+    except (DownloadError, OutputError) as error:
         raise _fail(error) from None
     typer.echo(f"download: {summary}")
 
@@ -80,7 +82,7 @@ def precompute(
     out: Annotated[Path, typer.Option(help="The HDF5 store to write.")] = Path("data/store"),
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Decode every recording and soundscape to mono 32 kHz and write the HDF5 store.
+    """Decode every recording and soundscape to mono at audio.sample_rate and write the HDF5 store.
 
     Resumable: finished shards whose inputs did not change are kept."""
     from birdclef.audio import AudioError
@@ -107,7 +109,7 @@ def prepare(
     out: Annotated[Path, typer.Option(help="Where to write the tables.")] = Path("data/tables"),
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Build the training table, the class list, both 5-fold split variants and the
+    """Build the training table, the class list, both split variants (prepare.n_folds folds) and the
     per-class oversampling rows."""
     from birdclef.prepare import PrepareError, prepare as run
     from birdclef.store import StoreError
@@ -136,14 +138,16 @@ def pretrain(
     """The backbone weights a family starts from (pretrain.source: corpus pretraining, the
     authors' published backbones, or none), saved as a backbone-only state dict."""
     from birdclef.pretrain import prepare_backbone
+    from birdclef.store import StoreError
     from birdclef.train import TrainError
 
     params = _load(params_path)
     _check_family(params, family)
+    _check_folder(raw, "--raw", "the download stage's output")
     out = out or Path("models/pretrained") / f"{family}.pt"
     try:
         summary = prepare_backbone(params, family, raw, store, out, logs or Path("metrics/pretrain") / family)
-    except TrainError as error:
+    except (TrainError, StoreError) as error:
         raise _fail(error) from None
     typer.echo(f"pretrain: {summary}")
 
@@ -157,16 +161,20 @@ def train(
     tables: Annotated[Path, typer.Option(help="The prepare stage's tables.")] = Path("data/tables"),
     raw: Annotated[Path, typer.Option(help="The raw dataset (background clips).")] = Path("data/raw"),
     pretrained: Annotated[Optional[Path], typer.Option(
-        help="Backbone weights to start from, if the file exists (default: models/pretrained/<family>.pt).")] = None,
+        help="Backbone weights to start from (default: models/pretrained/<family>.pt if it exists, else "
+             "random weights; a file named here must exist).")] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="The run's model folder (default: models/<round>/<family>/fold<fold>).")] = None,
+        help="The run's model folder, replaced whole (default: models/<round>/<family>/fold<fold>).")] = None,
     logs: Annotated[Optional[Path], typer.Option(
         help="The run's DVCLive folder (default: metrics/train/<round>/<family>/fold<fold>).")] = None,
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train one fold of one family in one self-training round (best epoch by validation
     ROC-AUC)."""
+    from birdclef.outputs import OutputError
+    from birdclef.params import PSEUDO_ROOT
     from birdclef.pseudo import PseudoError
+    from birdclef.store import StoreError
     from birdclef.train import RunPaths, TrainError, train_fold
 
     params = _load(params_path)
@@ -175,13 +183,20 @@ def train(
     if fold not in range(params.prepare.n_folds):
         raise _fail(ValueError(f"fold {fold} does not exist; prepare.n_folds is {params.prepare.n_folds} "
                                f"(folds 0..{params.prepare.n_folds - 1})"))
+    _check_folder(raw, "--raw", "the download stage's output")
+    _check_folder(tables, "--tables", "the prepare stage's output")
+    if pseudo.parent == Path(PSEUDO_ROOT):  # a teacher round's labels, not the published ones
+        _check_folder(pseudo, f"{round}'s pseudo labels", f"`dvc repro pseudo@{pseudo.name}` writes them")
+    if pretrained is not None and not pretrained.is_file():
+        raise _fail(FileNotFoundError(f"--pretrained {pretrained}: no such file; leave it out to start from "
+                                      "models/pretrained/<family>.pt or random weights"))
     run_name = Path(round) / family / f"fold{fold}"
     paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
                      pretrained=pretrained or Path("models/pretrained") / f"{family}.pt",
                      out=out or Path("models") / run_name, logs=logs or Path("metrics/train") / run_name)
     try:
         meta = train_fold(params, family, fold, paths)
-    except (TrainError, PseudoError) as error:
+    except (TrainError, PseudoError, StoreError, OutputError) as error:
         raise _fail(error) from None
     if meta:
         typer.echo(f"train {run_name}: validation ROC-AUC {meta['val_auc']:.4f} "
@@ -196,6 +211,13 @@ def _round_pseudo(params, round: str) -> Path:
     return Path(pseudo_of[round])
 
 
+def _check_folder(folder: Path, name: str, what: str) -> None:
+    """A folder a command reads must exist: a wrong path would otherwise silently train
+    without background mixing or pseudo labels."""
+    if not folder.is_dir():
+        raise _fail(FileNotFoundError(f"{name} {folder}: no such folder ({what})"))
+
+
 def _check_family(params, family: str) -> None:
     if family not in params.family:
         raise _fail(ValueError(f"unknown family {family!r}; params.yaml has {', '.join(params.family)}"))
@@ -208,11 +230,13 @@ def pseudo(
         help="Pseudo files this round trained with; they keep priority (default: the round's `rounds` entry).")] = None,
     models: Annotated[Path, typer.Option(help="The trained models, one folder per round.")] = Path("models"),
     store: Annotated[Path, typer.Option(help="The HDF5 store.")] = Path("data/store"),
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: data/pseudo/<round>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder, replaced whole (default: data/pseudo/<round>).")] = None,
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Pseudo-label every unlabelled soundscape (12 windows of 5 s) with a round's ensemble."""
     from birdclef.export import ExportError
+    from birdclef.outputs import OutputError
     from birdclef.params import PSEUDO_ROOT
     from birdclef.pseudo import PseudoError, pseudo_label_round
 
@@ -221,7 +245,7 @@ def pseudo(
     try:
         summary = pseudo_label_round(params, round, models, inherit or trained_with, store,
                                      out or Path(PSEUDO_ROOT) / round)
-    except (PseudoError, ExportError, FileNotFoundError) as error:
+    except (PseudoError, ExportError, OutputError, FileNotFoundError) as error:
         raise _fail(error) from None
     typer.echo(f"pseudo {round}: {summary}")
 
@@ -230,12 +254,14 @@ def pseudo(
 def export(
     family: Annotated[str, typer.Option(help="The model family to export.")],
     models: Annotated[Optional[Path], typer.Option(help="The models to export (default: models/<export.round>).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: models/export/<family>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder, replaced whole (default: models/export/<family>).")] = None,
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Export a family's folds as ONE graph (mel once, folds averaged, dynamic batch) to ONNX
     and an fp16 OpenVINO IR, with a parity check against PyTorch."""
     from birdclef.export import ExportError, export_family
+    from birdclef.outputs import OutputError
 
     params = _load(params_path)
     _check_family(params, family)
@@ -243,7 +269,7 @@ def export(
     window = params.audio.window_samples
     try:
         summary = export_family(models, family, params.folds, out or Path("models/export") / family, window)
-    except ExportError as error:
+    except (ExportError, OutputError) as error:
         raise _fail(error) from None
     typer.echo(f"export {family}: parity {summary['parity']}")
 
@@ -281,8 +307,8 @@ def evaluate(
     plots: Annotated[Path, typer.Option(help="Plot data folder.")] = Path("metrics/plots"),
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """CV and OOF ROC-AUC per round and family, soundscape ROC-AUC per round and of the
-    submission (where labels exist), per-class AUC for `dvc plots`."""
+    """CV and OOF ROC-AUC per round and family, soundscape ROC-AUC per round, per family and
+    of the submission (where labels exist), per-class AUC for `dvc plots`."""
     from birdclef.evaluate import evaluate as run
     from birdclef.export import ExportError
     from birdclef.pseudo import PseudoError
@@ -298,7 +324,8 @@ def evaluate(
 
 @command
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).")],
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Audio files, or folders searched recursively for .ogg .wav .flac .mp3 (.opus: convert first).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV of per-window scores.")] = Path("predictions.csv"),
     exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
     raven: Annotated[Optional[Path], typer.Option(help="Also write Raven selection tables here.")] = None,
@@ -308,8 +335,8 @@ def predict(
     threads: Annotated[int, typer.Option(min=0, help="OpenVINO threads (0 = all cores).")] = 0,
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Score your own recordings, per 5-s window, with the exported ensemble (any format and
-    rate soundfile reads, any length). Unreadable files are skipped and listed with the reason."""
+    """Score your own recordings, per 5-s window, with the exported ensemble (any sample rate,
+    any length, resampled and downmixed). Unreadable files are skipped and listed with the reason."""
     import warnings
 
     from birdclef.export import ExportError

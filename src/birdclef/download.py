@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from birdclef import layout
-from birdclef.outputs import folder_written_atomically
+from birdclef.outputs import check_replaceable, folder_written_atomically
 from birdclef.params import Params
 from birdclef.progress import progress_bar
 
@@ -36,7 +36,7 @@ class DownloadError(RuntimeError):
 
 def download(out: Path, params: Params) -> str:
     """Write ``out`` for ``params.data.source``; return a one-line summary."""
-    out = Path(out)
+    out = check_replaceable(out, layout.TAXONOMY_CSV)  # before a long Kaggle download
     if params.data.source == "sample":
         from birdclef.sample import generate
 
@@ -96,7 +96,7 @@ def download_birdclef2025(out: Path, downloads: Path, pseudo_files: list[str]) -
         folders[reference] = _fetch(downloads / reference.split("/")[1], lambda folder, ref=reference:
                                     api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
     try:
-        with folder_written_atomically(out) as tmp:
+        with folder_written_atomically(out, layout.TAXONOMY_CSV) as tmp:
             summary = unpack.competition(folders[COMPETITION], tmp)
             vocabulary = set(read_taxonomy(tmp / layout.TAXONOMY_CSV))
             summary.update(unpack.extra_audio(folders[ADD_DATA], tmp, vocabulary))

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from birdclef.model import BirdClassifier
-from birdclef.outputs import folder_written_atomically, write_json
+from birdclef.outputs import check_replaceable, folder_written_atomically, write_json
 
 INPUT_NAME = "wave"
 OUTPUT_NAME = "probabilities"
+EXPORT_MARKER = "export.json"
 PARITY_WINDOWS = 4
 PARITY_SEED = 2025
 
@@ -163,10 +164,10 @@ def export_family(models: Path, family: str, folds: list[int], out: Path, window
     import onnx
     import openvino as ov
 
-    out = Path(out)
+    out = check_replaceable(out, EXPORT_MARKER)
     fold_models, meta = load_fold_models(Path(models) / family, folds)
     ensemble = FoldEnsemble(fold_models).eval()
-    with folder_written_atomically(out) as tmp:
+    with folder_written_atomically(out, EXPORT_MARKER) as tmp:
         onnx_path, xml_path = tmp / "model.onnx", tmp / "model.xml"
         _export_onnx(ensemble, onnx_path, window_samples, opset)
         graph = onnx.load(str(onnx_path))
@@ -207,7 +208,7 @@ def export_family(models: Path, family: str, folds: list[int], out: Path, window
                 "default_precision": default_precision, "frontend": frontend_settings(frontend),
                 "spectrogram_tensor": spectrogram, "frontend_constants_f32": kept,
                 "bytes": {path.name: path.stat().st_size for path in sorted(tmp.iterdir())}}
-        write_json(tmp / "export.json", info)
+        write_json(tmp / EXPORT_MARKER, info)
     return info
 
 

@@ -30,15 +30,36 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(tmp, path)
 
 
+class OutputError(ValueError):
+    """An output path that a stage must not replace (a file, or a folder it did not write)."""
+
+
+def check_replaceable(out: Path, marker: str) -> Path:
+    """``out`` as an absolute path, if writing it loses nothing but an earlier output.
+
+    Stage outputs are replaced whole, so ``--out`` must be new, empty, or hold ``marker`` (a
+    glob every earlier output of the stage matches); anything else (``--out data``, ``--out .``,
+    a file) is refused before any work is done.
+    """
+    out = Path(out).absolute()
+    if out.is_file():
+        raise OutputError(f"{out} is a file; the output is a folder: name a new one.")
+    if out.is_dir() and any(out.iterdir()) and not any(out.glob(marker)):
+        raise OutputError(f"{out} holds files this command did not write (no {marker}), and its output "
+                          "replaces the folder whole: name a new or empty folder.")
+    return out
+
+
 @contextmanager
-def folder_written_atomically(out: Path) -> Iterator[Path]:
-    """Yield an empty folder beside ``out`` to fill; when the block ends it replaces ``out``.
+def folder_written_atomically(out: Path, marker: str) -> Iterator[Path]:
+    """Yield an empty folder beside ``out`` to fill; when the block ends it replaces ``out``
+    (``check_replaceable(out, marker)`` first).
 
     The old ``out`` is renamed aside before the new one is renamed in, and removed last, so a
     failed or killed run leaves the old folder (or none), never a mix of old and new files.
     A run killed between the two renames leaves ``<out>.old``, which the next run puts back.
     """
-    out = Path(out)
+    out = check_replaceable(out, marker)
     tmp = out.with_name(out.name + ".tmp")
     old = out.with_name(out.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -198,6 +198,7 @@ FAMILY_CHOICES = {
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise ``ParamsError`` naming the bad key."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -210,6 +211,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         raise ParamsError(f"{path}: bad value at '{key}': {str(error.msg).splitlines()[0]}") from None
+    except yaml.YAMLError as error:
+        place = getattr(error, "problem_mark", None)
+        where = f" (line {place.line + 1}, column {place.column + 1})" if place else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}; "
+                          "regenerate it from conf/ or fix the line.") from None
     _check(params, path)
     return params
 
@@ -240,6 +246,9 @@ def _check(params: Params, path: Path) -> None:
                           "(prepare.n_folds).")
     if params.infer.streams < 1:
         raise ParamsError(f"{path}: infer.streams must be at least 1.")
+    for key in ("top_n", "threads"):
+        if getattr(params.infer, key) < 0:
+            raise ParamsError(f"{path}: infer.{key} must be 0 or more (0: TopN off / all cores).")
     if params.infer.precision not in (None, "f32", "bf16"):
         raise ParamsError(f"{path}: 'infer.precision' is {params.infer.precision!r}; use f32, bf16 or null "
                           "(the CPU's default: bf16 where it has it).")

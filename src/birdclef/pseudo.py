@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from birdclef import layout
-from birdclef.outputs import folder_written_atomically
+from birdclef.outputs import check_replaceable, folder_written_atomically
 
 
 
@@ -32,9 +32,12 @@ def split_row_id(row_id: str) -> tuple[str, int]:
     return stem, int(end)
 
 
+PSEUDO_MARKER = "*.csv"  # a pseudo folder holds pseudo files only
+
+
 def pseudo_files(folder: Path) -> list[Path]:
     """The folder's pseudo-label CSVs in priority order (sorted names)."""
-    return sorted(Path(folder).glob("*.csv"))
+    return sorted(Path(folder).glob(PSEUDO_MARKER))
 
 
 def stack(frames: list, classes: list[str], min_primary_prob: float, trim_prob: float):
@@ -146,6 +149,7 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
 
     from birdclef.store import AudioStore
 
+    out = check_replaceable(out, PSEUDO_MARKER)
     ensembles, classes = teacher_ensembles(models / round_name, params.families, params.folds)
     inherited = pseudo_files(inherit) if inherit.is_dir() else []
     inherited_frames = [read_pseudo_file(path, classes) for path in inherited]  # checked before the long part
@@ -159,7 +163,7 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
     frame.insert(0, "row_id", row_ids)
     frame["primary_label"] = np.asarray(classes)[scores.argmax(axis=1)]
     frame["primary_label_prob"] = scores.max(axis=1)
-    with folder_written_atomically(out) as folder:
+    with folder_written_atomically(out, PSEUDO_MARKER) as folder:
         for number, path in enumerate(inherited):
             shutil.copyfile(path, folder / f"{number:02d}-{path.name.split('-', 1)[-1]}")
         frame.to_csv(folder / f"{len(inherited):02d}-{round_name}.csv", index=False, float_format="%.6f")

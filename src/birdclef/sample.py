@@ -184,7 +184,7 @@ def generate(out: Path, params: SampleParams, sample_rate: int = 32000) -> dict:
     tables = 7  # the csv files of _tables
     events: dict[str, list] = {}
     seconds = 0.0
-    with folder_written_atomically(out) as tmp, progress_bar("sample dataset", len(jobs) + tables) as advance:
+    with folder_written_atomically(out, layout.TAXONOMY_CSV) as tmp, progress_bar("sample dataset", len(jobs) + tables) as advance:
         for stream, index, relative, make in jobs:
             audio, rate, calls = make(_rng(params.seed, STREAM[stream], index))
             _write_audio(tmp / relative, audio, rate)

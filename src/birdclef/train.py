@@ -30,9 +30,11 @@ from birdclef.labels import multi_hot
 from birdclef.losses import build_loss
 from birdclef.metrics import file_level_max, macro_roc_auc, scorable_classes
 from birdclef.model import BirdClassifier
-from birdclef.outputs import folder_written_atomically, write_json, write_scores
+from birdclef.outputs import check_replaceable, folder_written_atomically, write_json, write_scores
 from birdclef.params import FamilyParams, Params, TrainParams
 from birdclef.store import AudioStore
+
+RUN_MARKER = "meta.json"  # every run folder has one: what built the weights
 
 
 class TrainError(ValueError):
@@ -220,6 +222,7 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
     """Fit one fold of one family; write the best model, its OOF scores and logs."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    check_replaceable(paths.out, RUN_MARKER)  # before the long part, not at the save
     L.seed_everything(params.seed, workers=True)
     family = params.family[family_name]
     table, classes, folds = read_tables(paths.tables)
@@ -370,7 +373,7 @@ def _save(out: Path, model: BirdClassifier, meta: dict, keys: list[str], classes
 
     oof = pd.DataFrame(scores, columns=classes)
     oof.insert(0, "key", keys)
-    with folder_written_atomically(out) as folder:
+    with folder_written_atomically(out, RUN_MARKER) as folder:
         torch.save(model.state_dict(), folder / "model.pt")
-        write_json(folder / "meta.json", meta)
+        write_json(folder / RUN_MARKER, meta)
         write_scores(oof, folder / "oof.csv")
