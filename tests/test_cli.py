@@ -85,7 +85,8 @@ def test_committed_params_are_the_default_composition(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--family", "eca", "--fold", "7"], "fold 7 does not exist; prepare.n_folds is 5"),
+    (["train", "--family", "eca", "--fold", "7"],
+     f"fold 7 does not exist; prepare.n_folds is {yaml.safe_load((REPO / 'params.yaml').read_text())['prepare']['n_folds']}"),
     (["pseudo"], "models/round0/eca/fold0: no trained model"),
     (["pseudo", "--round", "round7"], "unknown round 'round7'; params.yaml has round0, round1"),
     (["train", "--family", "eca", "--fold", "0", "--round", "round7"], "unknown round 'round7'"),

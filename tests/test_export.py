@@ -110,7 +110,11 @@ def test_export_writes_the_files_and_metadata(exported):
     f32 = [op for op in constants if op.get_output_element_type(0) == ov.Type.f32]
     f16 = [op for op in constants if op.get_output_element_type(0) == ov.Type.f16]
     assert len(f32) == info["frontend_constants_f32"] and len(f16) > 50
-    assert max(f32, key=shape_size).get_output_shape(0) == [2050, 1, 2048]  # the Fourier kernels
+    from birdclef.model import MelFrontend
+
+    n_fft = MelFrontend().n_fft  # the front end the trained models use
+    bins = n_fft // 2 + 1  # the Fourier kernels: cos and sin of each bin, stacked
+    assert max(f32, key=shape_size).get_output_shape(0) == [2 * bins, 1, n_fft]
 
 
 def test_export_is_byte_identical_from_another_checkout(trained, exported, tmp_path):
