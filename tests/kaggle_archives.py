@@ -121,7 +121,7 @@ def parts_2023(part2: Path, part3: Path, scratch: Path) -> None:
     (part2 / "soundscapes_nocall.zip.part-aa").write_bytes(data[: len(data) // 2])
     (part3 / "soundscapes_nocall.zip.part-ab").write_bytes(data[len(data) // 2:])
     for name in ("1-100032-A-0.wav", "1-17367-A-10.wav", "2-109505-A-21.wav"):  # dog, rain, sneezing
-        write_audio(part2 / "esc50" / "audio" / name, 0.1 * tone(700, 5, 44100), 44100)
+        write_audio(part2 / "esc50" / "esc50" / "audio" / name, 0.1 * tone(700, 5, 44100), 44100)
 
 
 def write_archives(folder: Path, taxonomy: list[str], backbone_names: dict[str, str],

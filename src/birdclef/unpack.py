@@ -13,7 +13,7 @@ bird-clef-2025-add-data               add_train_audio_from_prev_comps/<label>/<f
 bird-clef-2025-all-pretrained-models  models_2024/*.pth, models_2025/*.ckpt            pretrained/
 bird-clef-2025-pseudo                 <experiment>/v0*.csv                             pseudo/NN-<...>.csv
 birdclef-2023-data-part2, -part3      soundscapes_nocall.zip.part-* (one zip split     background/audio/nocall,
-                                      over both), esc50/audio/*.wav                    background/audio/esc50
+                                      over both), esc50/**/*.wav                       background/audio/esc50
 bird-clef-2025-pretrained-metadata    the pretraining corpus tables                    pretrain/metadata/
 ====================================  ===============================================  =====================
 
@@ -151,12 +151,13 @@ def background(parts: list[Path], out: Path, scratch: Path) -> dict:
     if not esc50:
         raise LayoutError(f"no esc50/ folder in {', '.join(map(str, parts))}; download them again.")
     categories = _esc50_categories(esc50[0])
-    for path in audio_files(esc50[0] / "audio"):
+    for path in audio_files(esc50[0]):  # the 2023 part2 nests them as esc50/esc50/audio/*.wav
         name = f"esc50/{path.name}"
         link_tree(path, out / layout.BACKGROUND_AUDIO / name)
         rows.append((name, "esc50", categories(path.name)))
-    if not any(source == "nocall" for _, source, _ in rows):
-        raise LayoutError(f"{nocall}: the no-call archive holds no audio.")
+    for source, where in (("nocall", f"{nocall}: the no-call archive"), ("esc50", f"{esc50[0]}")):
+        if not any(row_source == source for _, row_source, _ in rows):
+            raise LayoutError(f"{where} holds no audio; download the 2023 parts again.")
     table = pd.DataFrame(rows, columns=list(layout.BACKGROUND_COLUMNS))
     table.to_csv(out / layout.BACKGROUND_CSV, index=False)
     return {"nocall_clips": int((table["source"] == "nocall").sum()),
