@@ -3,12 +3,15 @@
 import hashlib
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from birdclef import layout
+from birdclef.download import DownloadError, _fetch
 from conftest import REPO, python, run
 
 FAKES = Path(__file__).parent / "fakes"
@@ -120,3 +123,18 @@ def test_refused_dataset_is_reported(tmp_path):
     assert "birdclef-2025: download failed (404" in result.stderr
     assert "accepted the competition rules" in result.stderr
     assert not (project / "data" / "raw").exists()
+
+
+def test_a_damaged_archive_is_removed_and_named(tmp_path):
+    """A zip whose directory reads but whose deflate data is corrupt: one error, no archive left."""
+    def fetch(folder):
+        with zipfile.ZipFile(folder / "x.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("train.csv", "primary_label,filename\n" + "a,b.ogg\n" * 5000)
+        data = bytearray((folder / "x.zip").read_bytes())
+        data[60:90] = b"\xff" * 30  # inside the compressed stream of the only member
+        (folder / "x.zip").write_bytes(bytes(data))
+
+    with pytest.raises(DownloadError, match="x.zip: damaged download"):
+        _fetch(tmp_path / "dataset", fetch)
+    assert not (tmp_path / "dataset" / "x.zip").exists()
+    assert not (tmp_path / "dataset" / ".complete").exists()

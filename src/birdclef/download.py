@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 from birdclef import layout
@@ -130,7 +131,7 @@ def _fetch(folder: Path, fetch) -> Path:
                     for member in members:
                         handle.extract(member, folder)
                         advance(1)
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, zlib.error, EOFError):  # bad directory, bad deflate data, cut short
             archive.unlink()
             raise DownloadError(f"{archive}: damaged download; run the stage again to fetch it anew.") from None
         archive.unlink()
