@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -183,7 +184,7 @@ def _unzip_parts(parts: list[Path], target: Path) -> Path:
     try:
         with zipfile.ZipFile(joined) as archive:
             archive.extractall(target)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, zlib.error, EOFError):
         raise LayoutError(f"{joined}: joining {', '.join(piece.name for piece in pieces)} did not give a "
                           "valid zip (a part is missing or damaged); download the 2023 parts again.") from None
     finally:
