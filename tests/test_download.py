@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from birdclef import layout
+from birdclef import layout, readmes, unpack
 from birdclef.download import DownloadError, _fetch
-from conftest import REPO, python, run
+from conftest import REPO, dvc, python, run, tone, tool_env, write_audio
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -56,7 +56,8 @@ def test_birdclef2025_download_lays_out_every_dataset(tmp_path):
     source = archives / "work"
     # The competition, unchanged (hard links or copies of the downloaded files).
     assert (raw / "train.csv").read_bytes() == (source / "birdclef-2025/train.csv").read_bytes()
-    assert len(list((raw / "train_audio").rglob("*.ogg"))) == 12 and len(list((raw / "test_soundscapes").iterdir())) == 1
+    assert len(list((raw / "train_audio").rglob("*.ogg"))) == 12 and len(list((raw / "test_soundscapes").glob("*.ogg"))) == 1
+    assert (raw / "pseudo" / readmes.README).is_file() and (raw / "test_soundscapes" / readmes.README).is_file()
     # Extra recordings from both folders, rows for the 2025 species only, enriched from the CSV.
     extra = pd.read_csv(raw / "extra/train.csv", keep_default_na=False)
     assert list(extra.columns) == list(layout.TRAIN_COLUMNS) and len(extra) == 6
@@ -89,6 +90,7 @@ def test_birdclef2025_download_lays_out_every_dataset(tmp_path):
     assert marker[0] == hashlib.sha256((archives / "birdclef-2025.zip").read_bytes()).hexdigest()
     assert marker[2] == "birdclef-2025.zip"
 
+    (project / "data" / "external").mkdir()
     run([python(), "-m", "birdclef", "precompute"], project, env)
     index = pd.read_csv(project / "data" / "store" / "index.csv")
     assert index["key"].str.startswith("background/audio/esc50/").sum() == 3
@@ -138,3 +140,77 @@ def test_a_damaged_archive_is_removed_and_named(tmp_path):
         _fetch(tmp_path / "dataset", fetch)
     assert not (tmp_path / "dataset" / "x.zip").exists()
     assert not (tmp_path / "dataset" / ".complete").exists()
+
+
+def test_no_test_soundscapes_still_give_a_folder_that_dvc_keeps(tmp_path):
+    """Kaggle's download has no test audio, DVC drops empty folders, and infer depends on the folder."""
+    from kaggle_archives import SPECIES, competition
+
+    (tmp_path / "download").mkdir()
+    download = competition(tmp_path / "download", SPECIES, recordings_per_species=1)
+    shutil.rmtree(download / layout.TEST_SOUNDSCAPES)
+    project = tmp_path / "project"
+    summary = unpack.competition(download, project / "data" / "raw")
+    assert summary["test_soundscapes"] == 0
+    env = tool_env()
+    run(["git", "init", "-q"], project, env)
+    dvc(["init", "-q"], project, env)
+    dvc(["add", "-q", "data/raw"], project, env)
+    shutil.rmtree(project / "data" / "raw")
+    dvc(["checkout", "-q", "data/raw"], project, env)
+    assert (project / "data/raw" / layout.TEST_SOUNDSCAPES).is_dir()
+
+
+def test_an_unreachable_kaggle_is_named(tmp_path):
+    """An access token is checked online: no network must not end in a traceback."""
+    write_params(tmp_path, "birdclef2025")
+    env = environment(tmp_path, KAGGLE_API_TOKEN="token", FAKE_KAGGLE_OFFLINE="1")
+    result = run([python(), "-m", "birdclef", "download"], tmp_path, env, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "could not reach Kaggle to check the credentials" in result.stderr
+    assert "check the network connection" in result.stderr
+
+
+def test_a_competition_taxonomy_without_labels_is_named(tmp_path):
+    from kaggle_archives import SPECIES, write_archives
+
+    archives = write_archives(tmp_path / "archives", SPECIES, {"eca": "lcnet_050", "ebs": "lcnet_050"})
+    project = tmp_path / "project"
+    project.mkdir()
+    with zipfile.ZipFile(archives / "birdclef-2025.zip") as archive:
+        archive.extractall(project / "data/downloads/birdclef-2025")
+    (project / "data/downloads/birdclef-2025/.complete").touch()  # fetched earlier, then damaged
+    (project / "data/downloads/birdclef-2025/taxonomy.csv").write_text("species,class_name\nx,Aves\n")
+    write_params(project, "birdclef2025")
+    env = environment(tmp_path, KAGGLE_USERNAME="someone", KAGGLE_KEY="secret", FAKE_KAGGLE_ARCHIVES=str(archives))
+    result = run([python(), "-m", "birdclef", "download"], project, env, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "taxonomy.csv" in result.stderr and "primary_label" in result.stderr
+    assert not (project / "data/raw").exists() and not (project / "data/raw.tmp").exists()
+
+
+def test_several_metadata_csvs_each_fill_their_own_files(tmp_path):
+    """A later CSV fills what an earlier one leaves blank and never erases what it filled."""
+    from kaggle_archives import SPECIES, add_data
+
+    folder = add_data(tmp_path / "add-data")  # prev_comps_metadata.csv names XC7000 (Jane Doe)
+    pd.DataFrame({"filename": [f"{SPECIES[0]}/XC7000.mp3", f"{SPECIES[1]}/XC7001.mp3"],
+                  "author": ["", "John Roe"], "rating": ["4.5", ""]}).to_csv(folder / "xc_metadata.csv", index=False)
+    unpack.extra_audio(folder, tmp_path / "raw", set(SPECIES))
+    extra = pd.read_csv(tmp_path / "raw" / layout.EXTRA_CSV, keep_default_na=False).set_index("filename")
+    first = extra.loc[f"add_train_audio_from_prev_comps/{SPECIES[0]}/XC7000.mp3"]
+    second = extra.loc[f"add_train_audio_from_xeno_canto_28032025/{SPECIES[1]}/XC7001.mp3"]
+    assert first["author"] == "Jane Doe" and first["secondary_labels"] == f"['{SPECIES[1]}']"
+    assert str(first["rating"]) == "4.5"
+    assert second["author"] == "John Roe" and second["secondary_labels"] == "[]"
+
+
+def test_background_clips_with_one_name_are_refused_not_overwritten(tmp_path):
+    from kaggle_archives import parts_2023
+
+    part2, part3 = tmp_path / "part2", tmp_path / "part3"
+    parts_2023(part2, part3, tmp_path / "scratch")
+    write_audio(part2 / "esc50" / "copy" / "1-100032-A-0.wav", 0.1 * tone(300, 5, 44100), 44100)
+    with pytest.raises(unpack.LayoutError, match=r"1-100032-A-0.wav and .*1-100032-A-0.wav would both be "
+                                                 r"background/audio/esc50/1-100032-A-0.wav"):
+        unpack.background([part2, part3], tmp_path / "raw", tmp_path / "scratch")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from birdclef import layout
+from birdclef import layout, readmes
 from birdclef.params import SampleParams
 from birdclef.sample import generate, species_catalogue
 
@@ -214,6 +214,8 @@ def test_output_is_replaced_whole_and_never_left_half_written(tmp_path, monkeypa
     out.with_name("raw.tmp").mkdir()  # left behind by an interrupted run
     generate(out, quick)
     assert not (out / "stale").exists() and (out / layout.TRAIN_CSV).is_file()
+    # the pseudo folder round 0 reads is part of the whole (the sample publishes no labels)
+    assert [path.name for path in (out / layout.PSEUDO).iterdir()] == [readmes.README]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
     before = _files(out)

@@ -42,19 +42,8 @@ def download(out: Path, params: Params) -> str:
         from birdclef.sample import generate
 
         summary = generate(out, params.data.sample, params.audio.sample_rate)
-        text = ", ".join(f"{value} {name}" for name, value in summary.items())
-    else:
-        text = download_birdclef2025(out, DOWNLOADS, params.pseudo.published)
-    _describe_pseudo_folder(out / layout.PSEUDO)
-    return text
-
-
-def _describe_pseudo_folder(folder: Path) -> None:
-    """Round 0 trains with the published pseudo labels here: the folder always exists."""
-    folder.mkdir(exist_ok=True)
-    (folder / "README.md").write_text(
-        "Published pseudo-label CSVs (row_id, one column per class), in priority order by file\n"
-        "name. Round 0 trains with them; the sample has none.\n")
+        return ", ".join(f"{value} {name}" for name, value in summary.items())
+    return download_birdclef2025(out, DOWNLOADS, params.pseudo.published)
 
 
 def kaggle_credentials_found() -> bool:
@@ -75,19 +64,22 @@ def _kaggle_api():
             "(chmod 600). Also accept the birdclef-2025 competition rules on its Kaggle page. "
             "To run offline instead, set `data.source: sample`."
         )
-    import kaggle  # authenticates on import
+    import kaggle  # tries to authenticate on import, and keeps quiet if that fails
 
     try:
-        kaggle.api.authenticate()
+        kaggle.api.authenticate()  # an access token is checked online
     except SystemExit:
         raise DownloadError("Kaggle rejected the credentials; create a new API token.") from None
+    except OSError as error:  # requests' connection errors are OSErrors
+        raise DownloadError(f"could not reach Kaggle to check the credentials ({error}); check the network "
+                            "connection and run the stage again.") from None
     return kaggle.api
 
 
 def download_birdclef2025(out: Path, downloads: Path, pseudo_files: list[str]) -> str:
     """Fetch the competition and the authors' datasets, then lay out ``out`` (see ``unpack``)."""
     from birdclef import unpack
-    from birdclef.tables import read_taxonomy
+    from birdclef.tables import TableError, read_taxonomy
 
     api = _kaggle_api()
     downloads.mkdir(parents=True, exist_ok=True)
@@ -105,7 +97,7 @@ def download_birdclef2025(out: Path, downloads: Path, pseudo_files: list[str]) -
             summary.update(unpack.published_pseudo(folders[PSEUDO], tmp, pseudo_files))
             summary.update(unpack.background([folders[part] for part in PARTS_2023], tmp, downloads))
             summary.update(unpack.pretrain_metadata(folders[PRETRAIN_METADATA], tmp))
-    except unpack.LayoutError as error:
+    except (unpack.LayoutError, TableError) as error:
         raise DownloadError(str(error)) from None
     return ", ".join(f"{value} {name}" for name, value in summary.items())
 
@@ -119,8 +111,8 @@ def _fetch(folder: Path, fetch) -> Path:
     try:
         fetch(folder)
     except Exception as error:  # the client raises its own HTTP error types
-        raise DownloadError(f"{folder.name}: download failed ({error}). Check that you accepted "
-                            "the competition rules and that the dataset exists.") from None
+        raise DownloadError(f"{folder.name}: download failed ({error}). Check the network connection, "
+                            "that you accepted the competition rules and that the dataset exists.") from None
     checksums = []
     for archive in sorted(folder.glob("*.zip")):
         checksums.append(f"{_sha256(archive)}  {archive.stat().st_size}  {archive.name}\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from birdclef import layout
+from birdclef import layout, readmes
 from birdclef.outputs import folder_written_atomically
 from birdclef.params import SampleParams
 
@@ -197,6 +197,7 @@ def generate(out: Path, params: SampleParams, sample_rate: int = 32000) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False)
             advance()
+        readmes.write_readme(tmp / layout.PSEUDO, readmes.PSEUDO)
     return {
         "species": len(targets),
         "pretrain_species": len(targets) + len(extras),

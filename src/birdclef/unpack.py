@@ -6,8 +6,10 @@ What each download holds (seed README, reference/seed-spec.md §1.1, §3) and wh
 download folder                       content                                          data/raw
 ====================================  ===============================================  =====================
 birdclef-2025                         train.csv, taxonomy.csv, sample_submission.csv,  the same names
-                                      train_audio/, train_soundscapes/,
-                                      test_soundscapes/ (empty until a notebook runs)
+                                      train_audio/, train_soundscapes/,                (+ a README in
+                                      test_soundscapes/ (empty until a notebook runs)  test_soundscapes/:
+                                                                                       DVC keeps no
+                                                                                       empty folder)
 bird-clef-2025-add-data               add_train_audio_from_prev_comps/<label>/<file>,  extra/audio/<folder>/
                                       add_train_audio_from_xeno_canto_28032025/...     + extra/train.csv
 bird-clef-2025-all-pretrained-models  models_2024/*.pth, models_2025/*.ckpt            pretrained/
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from birdclef import layout
+from birdclef import layout, readmes
 
 EXTRA_FOLDERS = ("add_train_audio_from_prev_comps", "add_train_audio_from_xeno_canto_28032025")
 NOCALL_ARCHIVE = "soundscapes_nocall.zip"
@@ -67,8 +69,8 @@ def competition(folder: Path, out: Path) -> dict:
             raise LayoutError(f"{folder}: the competition download has no {name!r}; delete the folder "
                               "and download again.")
         link_tree(folder / name, out / name)
-    (out / layout.TEST_SOUNDSCAPES).mkdir()
-    tests = sorted((folder / layout.TEST_SOUNDSCAPES).glob("*")) if (folder / layout.TEST_SOUNDSCAPES).is_dir() else []
+    readmes.write_readme(out / layout.TEST_SOUNDSCAPES, readmes.TEST_SOUNDSCAPES)
+    tests = list(audio_files(folder / layout.TEST_SOUNDSCAPES))
     for path in tests:
         link_tree(path, out / layout.TEST_SOUNDSCAPES / path.name)
     return {"train_audio": sum(1 for _ in audio_files(out / layout.TRAIN_AUDIO)),
@@ -101,14 +103,16 @@ def extra_audio(folder: Path, out: Path, vocabulary: set[str]) -> dict:
 def _enrich(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
     """Fill the train.csv columns: from a CSV of the dataset naming the same files, else blank."""
     table["key"] = table["filename"].str.split("/", n=1).str[1]
-    for path in sorted(folder.glob("*.csv")):
+    for path in sorted(folder.glob("*.csv")):  # name order: an earlier CSV's values win
         metadata = pd.read_csv(path, dtype=str, keep_default_na=False)
         if "filename" not in metadata.columns:
             continue
         metadata = metadata.drop_duplicates("filename").set_index("filename")
+        metadata = metadata.where(metadata != "")  # a blank cell leaves the value to a later CSV
         for column in set(layout.TRAIN_COLUMNS) - {"filename", "primary_label", "collection"}:
             if column in metadata.columns:
-                table[column] = table["key"].map(metadata[column])
+                values = table["key"].map(metadata[column])
+                table[column] = table[column].fillna(values) if column in table else values
     defaults = {"secondary_labels": "[]", "author": "unknown"}
     for column in layout.TRAIN_COLUMNS:
         if column in table:
@@ -137,28 +141,31 @@ def published_pseudo(folder: Path, out: Path, files: list[str]) -> dict:
             raise LayoutError(f"{source} not found (pseudo.published); the download holds: "
                               f"{', '.join(present) or 'nothing'}.")
         link_tree(source, out / layout.PSEUDO / f"{number:02d}-{name.replace('/', '__')}")
+    readmes.write_readme(out / layout.PSEUDO, readmes.PSEUDO)
     return {"pseudo_files": len(files)}
 
 
 def background(parts: list[Path], out: Path, scratch: Path) -> dict:
     """No-call soundscapes (a zip split over the 2023 parts) and ESC-50 clips, with a table."""
     nocall = _unzip_parts(parts, scratch / "soundscapes_nocall")
-    rows = []
-    for path in audio_files(nocall):
-        name = f"nocall/{path.name}"
-        link_tree(path, out / layout.BACKGROUND_AUDIO / name)
-        rows.append((name, "nocall", "nocall"))
     esc50 = [folder for part in parts for folder in [part / "esc50"] if folder.is_dir()]
     if not esc50:
         raise LayoutError(f"no esc50/ folder in {', '.join(map(str, parts))}; download them again.")
-    categories = _esc50_categories(esc50[0])
-    for path in audio_files(esc50[0]):  # the 2023 part2 nests them as esc50/esc50/audio/*.wav
-        name = f"esc50/{path.name}"
-        link_tree(path, out / layout.BACKGROUND_AUDIO / name)
-        rows.append((name, "esc50", categories(path.name)))
-    for source, where in (("nocall", f"{nocall}: the no-call archive"), ("esc50", f"{esc50[0]}")):
-        if not any(row_source == source for _, row_source, _ in rows):
-            raise LayoutError(f"{where} holds no audio; download the 2023 parts again.")
+    # The 2023 part2 nests the ESC-50 clips as esc50/esc50/audio/*.wav: search the whole tree.
+    sources = (("nocall", nocall, lambda name: "nocall"), ("esc50", esc50[0], _esc50_categories(esc50[0])))
+    rows, found = [], {}
+    for source, root, category_of in sources:
+        clips = list(audio_files(root))
+        if not clips:
+            raise LayoutError(f"{root} holds no {source} audio; download the 2023 parts again.")
+        for path in clips:
+            name = f"{source}/{path.name}"
+            if name in found:
+                raise LayoutError(f"{found[name]} and {path} would both be {layout.BACKGROUND_AUDIO}/{name}; "
+                                  "delete one of them and run the stage again.")
+            found[name] = path
+            link_tree(path, out / layout.BACKGROUND_AUDIO / name)
+            rows.append((name, source, category_of(path.name)))
     table = pd.DataFrame(rows, columns=list(layout.BACKGROUND_COLUMNS))
     table.to_csv(out / layout.BACKGROUND_CSV, index=False)
     return {"nocall_clips": int((table["source"] == "nocall").sum()),
@@ -234,5 +241,7 @@ def link_tree(source: Path, target: Path) -> None:
 def _link_file(source, target) -> None:
     try:
         os.link(source, target)
-    except OSError:
+    except FileExistsError:  # never overwrite: a copy would silently replace the file
+        raise
+    except OSError:  # across devices, or a file system without hard links
         shutil.copy2(source, target)

@@ -2,7 +2,7 @@
 
 Tests put this folder first on PYTHONPATH. ``FAKE_KAGGLE_ARCHIVES`` names a folder holding
 ``<competition>.zip`` and ``<owner>__<dataset>.zip``; everything behind the client (credential
-checks, unpacking, layout) is the real code.
+checks, unpacking, layout) is the real code. ``FAKE_KAGGLE_OFFLINE`` makes it fail as with no network.
 """
 
 import os
@@ -14,6 +14,10 @@ calls = []
 
 class _Api:
     def authenticate(self):
+        if os.environ.get("FAKE_KAGGLE_OFFLINE"):  # what the real client raises with no network
+            import requests
+
+            raise requests.exceptions.ConnectionError("Failed to resolve the Kaggle API host")
         return None
 
     def _serve(self, archive_name, path):
