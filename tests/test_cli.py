@@ -99,6 +99,10 @@ def test_committed_params_are_the_default_composition(tmp_path):
      "--pretrained eca.pt: no such file"),
     (["pretrain", "--family", "eca", "--raw", "nope"], "--raw nope: no such folder"),
     (["download", "--out", "."], "holds files this command did not write (no taxonomy.csv)"),
+    # a mistyped --external must not quietly leave the user's recordings out
+    (["precompute", "--external", "data/extrenal"], "--external data/extrenal: no such folder"),
+    (["prepare", "--external", "data/extrenal"], "--external data/extrenal: no such folder"),
+    (["infer", "--soundscapes", "nope"], "--soundscapes nope: no such folder"),
 ])
 def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
@@ -109,3 +113,15 @@ def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     result = run([python(), "-m", "birdclef", *args], tmp_path, env(), check=False)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command, marker", [("precompute", "*.h5*"), ("prepare", "classes.json")])
+def test_data_stages_refuse_to_write_into_a_foreign_folder(tmp_path, command, marker):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    result = run([python(), "-m", "birdclef", command, "--external", ".", "--out", "mine"], tmp_path, env(),
+                 check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"holds files this command did not write (no {marker})" in result.stderr
+    assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]

@@ -60,7 +60,7 @@ def test_corrupt_file_fails_naming_it_and_leaves_no_partial_shard(raw_dataset, t
     bad = raw_dataset / "train_audio" / "amerob" / "XC1000.wav"
     bad.write_bytes(b"RIFF....not really audio")
     out = tmp_path / "store"
-    with pytest.raises(PrecomputeError, match=r"(?s)XC1000.wav: cannot decode.*on_error: skip"):
+    with pytest.raises(PrecomputeError, match=r"(?s)XC1000.wav: cannot decode.*`dvc exp run -S precompute.on_error=skip`"):
         run_precompute(raw_dataset, out, params)
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
     assert not (out / "index.csv").exists()

@@ -86,13 +86,15 @@ def precompute(
 
     Resumable: finished shards whose inputs did not change are kept."""
     from birdclef.audio import AudioError
+    from birdclef.outputs import OutputError
     from birdclef.precompute import PrecomputeError, precompute as run
     from birdclef.tables import TableError
 
     params = _load(params_path)
+    _check_external(external)
     try:
         summary = run(raw, external, out, params)
-    except (PrecomputeError, TableError, AudioError) as error:
+    except (PrecomputeError, TableError, AudioError, OutputError) as error:
         raise _fail(error) from None
     typer.echo(
         f"precompute: {summary.recordings} recordings, {summary.seconds / 3600:.2f} h of audio, "
@@ -111,16 +113,24 @@ def prepare(
 ) -> None:
     """Build the training table, the class list, both split variants (prepare.n_folds folds) and the
     per-class oversampling rows."""
+    from birdclef.outputs import OutputError
     from birdclef.prepare import PrepareError, prepare as run
     from birdclef.store import StoreError
     from birdclef.tables import TableError
 
     params = _load(params_path)
+    _check_external(external)
     try:
         summary = run(raw, external, store, out, params)
-    except (PrepareError, TableError, StoreError) as error:
+    except (PrepareError, TableError, StoreError, OutputError) as error:
         raise _fail(error) from None
     typer.echo(f"prepare: {summary}")
+
+
+def _check_external(external: Path) -> None:
+    """A mistyped --external would otherwise leave the user's recordings out without a word."""
+    _check_folder(external, "--external", "your recordings; `dvc pull data.dvc` fetches the default, "
+                  "or create an empty folder")
 
 
 @command
@@ -289,6 +299,8 @@ def infer(
     from birdclef.infer import InferError, infer as run
 
     params = _load(params_path)
+    _check_folder(soundscapes, "--soundscapes", "the soundscapes to submit for; the download stage writes "
+                  "data/raw/test_soundscapes")
     try:
         summary = run(params, exports, soundscapes, sample_submission, out, metrics)
     except (InferError, ExportError, FileNotFoundError) as error:

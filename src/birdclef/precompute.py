@@ -17,7 +17,7 @@ from pathlib import Path
 
 from birdclef import layout
 from birdclef.audio import AudioError, Recording, decode
-from birdclef.outputs import write_atomically
+from birdclef.outputs import check_replaceable, write_atomically
 from birdclef.params import Params
 from birdclef.progress import progress_bar
 from birdclef.store import (
@@ -31,6 +31,7 @@ from birdclef.store import (
 
 FORMAT_VERSION = "1"
 SKIPPED_CSV = "skipped.csv"
+SHARD_GLOB = "*.h5*"  # finished shards, and those an interrupted run left half-written
 # How many unlisted recordings an error names before it only counts the rest.
 MAX_NAMED = 10
 
@@ -150,7 +151,8 @@ def _decode_or_reason(source: Source, sample_rate: int) -> Recording | str:
 
 def precompute(raw: Path, external: Path, out: Path, params: Params, progress: bool = True) -> Summary:
     """Decode everything under ``raw`` and ``external`` into shards in ``out``."""
-    raw, external, out = Path(raw), Path(external), Path(out)
+    raw, external = Path(raw), Path(external)
+    out = check_replaceable(out, SHARD_GLOB)  # stale shards in it are deleted
     check_tables(raw, external)
     settings = params.precompute
     sample_rate = params.audio.sample_rate
@@ -197,9 +199,9 @@ def _write_shard(out, plan, expected, sample_rate, dtype, on_error, workers, sum
         for source, result in _decoded(plan.sources, sample_rate, workers):
             if isinstance(result, str):
                 if on_error == "fail":
-                    raise PrecomputeError(f"{result}\n(Or set `precompute.on_error: skip` in "
-                                          "params.yaml to skip such files; they are listed in "
-                                          f"{out / SKIPPED_CSV}.)")
+                    raise PrecomputeError(f"{result}\n(Or skip such files, listed then in {out / SKIPPED_CSV}: "
+                                          "`dvc exp run -S precompute.on_error=skip`, or set it in "
+                                          "conf/config.yaml, which `dvc exp run` composes params.yaml from.)")
                 writer.skip(source.key, result)
             else:
                 writer.append(source.key, result.wave, result.source_rate, result.source_channels,

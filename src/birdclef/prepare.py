@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from birdclef import layout
-from birdclef.outputs import write_atomically
+from birdclef.outputs import check_replaceable, folder_written_atomically, write_atomically
 from birdclef.params import Params, PrepareParams
 from birdclef.store import AudioStore, collection_of
 from birdclef.tables import TableError, read_taxonomy, read_train_table
@@ -297,7 +297,8 @@ def write_text(text: str, path: Path) -> None:
 
 def prepare(raw: Path, external: Path, store: Path, out: Path, params: Params) -> dict:
     """Write ``train.csv``, ``classes.json`` and ``folds.csv`` to ``out``; return counts."""
-    raw, external, store, out = Path(raw), Path(external), Path(store), Path(out)
+    raw, external, store = Path(raw), Path(external), Path(store)
+    check_replaceable(out, CLASSES_JSON)  # before the work; the three tables replace the folder whole
     settings = params.prepare
     vocabulary = read_taxonomy(raw / layout.TAXONOMY_CSV)
     check_oversample(settings.oversample, vocabulary)
@@ -313,10 +314,10 @@ def prepare(raw: Path, external: Path, store: Path, out: Path, params: Params) -
     if empty:
         warnings.warn(f"oversampling asked for class(es) {empty} in a fold without training rows "
                       "of them; nothing was drawn for those folds.", stacklevel=2)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(table, out / TRAIN_TABLE)
-    write_text(json.dumps(vocabulary, indent=1) + "\n", out / CLASSES_JSON)
-    write_csv(folds, out / FOLDS_CSV)
+    with folder_written_atomically(out, CLASSES_JSON) as tmp:
+        write_csv(table, tmp / TRAIN_TABLE)
+        write_text(json.dumps(vocabulary, indent=1) + "\n", tmp / CLASSES_JSON)
+        write_csv(folds, tmp / FOLDS_CSV)
     present = set(table["primary_label"])
     rare = rare_rows(table, settings.rare_max_recordings)
     return {
