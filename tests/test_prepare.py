@@ -152,6 +152,16 @@ def test_classes_follow_the_taxonomy_order(dataset):
     assert json.loads((dataset["out"] / CLASSES_JSON).read_text()) == TAXONOMY
 
 
+def test_anonymous_copies_of_one_recording_share_a_group():
+    """The seed's file name is <label>/<file>; ours carries the extra data's source folder."""
+    from birdclef.prepare import author_group
+
+    prev = author_group("", "add_train_audio_from_prev_comps/amerob/XC1.mp3")
+    scrape = author_group("unknown", "add_train_audio_from_xeno_canto_28032025/amerob/XC1.mp3")
+    assert prev == scrape == "amerob/XC1.mp3"
+    assert author_group("", "add_train_audio_from_prev_comps/amerob/XC2.mp3") != prev
+
+
 def test_groups_are_lower_cased_authors_or_the_file_name(dataset):
     table = read_table(dataset["out"])
     for row in table.itertuples():

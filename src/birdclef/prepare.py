@@ -76,10 +76,12 @@ def author_group(author: str, filename: str) -> str:
     """The split's group: the lower-cased author, so one recordist never spans train and valid.
 
     An empty or "unknown" author would lump unrelated recordings into one huge group; the
-    seed makes each of them its own group by using the file name instead.
+    seed makes each of them its own group by using the file name instead: ``<label>/<file>``,
+    without the extra data's source folder, so that the copies of one recording in both extra
+    folders share a group, as in the seed.
     """
     name = str(author).strip().lower()
-    return filename if name in ANONYMOUS_AUTHORS else name
+    return "/".join(Path(filename).parts[-2:]) if name in ANONYMOUS_AUTHORS else name
 
 
 def read_labelled_rows(table: Path, audio_root: Path, prefix: str, vocabulary: list[str]) -> pd.DataFrame:
