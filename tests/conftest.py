@@ -170,7 +170,6 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("work")
     params = tiny_params()
     generate(root / "raw", params.data.sample)
-    (root / "raw" / "pseudo").mkdir()
     precompute(root / "raw", root / "external", root / "store", params, progress=False)
     prepare(root / "raw", root / "external", root / "store", root / "tables", params)
     return root, params
