@@ -250,8 +250,10 @@ class PrecomputeRun:
 
 def measure_precompute(raw: Path, out: Path, params: Path, items: list[Item], duration_scale: float) -> PrecomputeRun:
     """``python -m birdclef precompute`` on ``raw`` into ``out``, measured."""
+    no_recordings = raw.parent / "external-empty"
+    no_recordings.mkdir(exist_ok=True)
     measured = run_measured([sys.executable, "-m", "birdclef", "precompute", "--raw", str(raw),
-                             "--external", str(raw.parent / "no-external"), "--out", str(out),
+                             "--external", str(no_recordings), "--out", str(out),
                              "--params", str(params)], cwd=out.parent)
     shards = sorted(out.glob("*.h5"))
     return PrecomputeRun(
