@@ -167,8 +167,8 @@ def test_an_unreachable_kaggle_is_named(tmp_path):
     env = environment(tmp_path, KAGGLE_API_TOKEN="token", FAKE_KAGGLE_OFFLINE="1")
     result = run([python(), "-m", "birdclef", "download"], tmp_path, env, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "could not reach Kaggle to check the credentials" in result.stderr
-    assert "check the network connection" in result.stderr
+    assert "could not check the credentials with Kaggle" in result.stderr
+    assert "check the network connection and the token" in result.stderr
 
 
 def test_a_competition_taxonomy_without_labels_is_named(tmp_path):
@@ -189,20 +189,24 @@ def test_a_competition_taxonomy_without_labels_is_named(tmp_path):
     assert not (project / "data/raw").exists() and not (project / "data/raw.tmp").exists()
 
 
-def test_several_metadata_csvs_each_fill_their_own_files(tmp_path):
-    """A later CSV fills what an earlier one leaves blank and never erases what it filled."""
+def test_several_metadata_csvs_fill_each_others_blanks(tmp_path):
+    """In name order, a row's value wins over a later one's; a blank cell is left to a later row or CSV."""
     from kaggle_archives import SPECIES, add_data
 
-    folder = add_data(tmp_path / "add-data")  # prev_comps_metadata.csv names XC7000 (Jane Doe)
-    pd.DataFrame({"filename": [f"{SPECIES[0]}/XC7000.mp3", f"{SPECIES[1]}/XC7001.mp3"],
-                  "author": ["", "John Roe"], "rating": ["4.5", ""]}).to_csv(folder / "xc_metadata.csv", index=False)
+    folder = add_data(tmp_path / "add-data")  # prev_comps_metadata.csv: XC7000 by Jane Doe, one secondary
+    xc7000, xc7001, xc7002 = (f"{SPECIES[number]}/XC{7000 + number}.mp3" for number in range(3))
+    pd.DataFrame({"filename": [xc7000, xc7001, xc7001], "author": ["", "", "John Roe"],
+                  "rating": ["4.5", "", "3"]}).to_csv(folder / "a_first.csv", index=False)
+    pd.DataFrame({"filename": [xc7001, xc7002], "author": ["Someone Else", "Ann Poe"]}).to_csv(
+        folder / "xc_metadata.csv", index=False)
     unpack.extra_audio(folder, tmp_path / "raw", set(SPECIES))
-    extra = pd.read_csv(tmp_path / "raw" / layout.EXTRA_CSV, keep_default_na=False).set_index("filename")
-    first = extra.loc[f"add_train_audio_from_prev_comps/{SPECIES[0]}/XC7000.mp3"]
-    second = extra.loc[f"add_train_audio_from_xeno_canto_28032025/{SPECIES[1]}/XC7001.mp3"]
-    assert first["author"] == "Jane Doe" and first["secondary_labels"] == f"['{SPECIES[1]}']"
-    assert str(first["rating"]) == "4.5"
-    assert second["author"] == "John Roe" and second["secondary_labels"] == "[]"
+    extra = pd.read_csv(tmp_path / "raw" / layout.EXTRA_CSV, dtype=str, keep_default_na=False)
+    extra = extra.set_index("filename")
+    first, second, third = (extra.loc[f"add_train_audio_from_xeno_canto_28032025/{name}"]
+                            for name in (xc7000, xc7001, xc7002))
+    assert (first["author"], first["rating"], first["secondary_labels"]) == ("Jane Doe", "4.5", f"['{SPECIES[1]}']")
+    assert (second["author"], second["rating"], second["secondary_labels"]) == ("John Roe", "3", "[]")
+    assert (third["author"], third["rating"]) == ("Ann Poe", "")
 
 
 def test_background_clips_with_one_name_are_refused_not_overwritten(tmp_path):
@@ -210,7 +214,11 @@ def test_background_clips_with_one_name_are_refused_not_overwritten(tmp_path):
 
     part2, part3 = tmp_path / "part2", tmp_path / "part3"
     parts_2023(part2, part3, tmp_path / "scratch")
+    clips = part2 / "esc50" / "esc50" / "audio"
+    shutil.copytree(clips, part2 / "esc50" / "copy")  # one clip published twice: used once
+    summary = unpack.background([part2, part3], tmp_path / "once", tmp_path / "scratch")
+    assert summary["esc50_clips"] == len(list(clips.iterdir()))
     write_audio(part2 / "esc50" / "copy" / "1-100032-A-0.wav", 0.1 * tone(300, 5, 44100), 44100)
-    with pytest.raises(unpack.LayoutError, match=r"1-100032-A-0.wav and .*1-100032-A-0.wav would both be "
-                                                 r"background/audio/esc50/1-100032-A-0.wav"):
+    with pytest.raises(unpack.LayoutError, match=r"1-100032-A-0.wav and .*1-100032-A-0.wav differ but would "
+                                                 r"both be background/audio/esc50/1-100032-A-0.wav"):
         unpack.background([part2, part3], tmp_path / "raw", tmp_path / "scratch")

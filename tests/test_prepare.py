@@ -165,9 +165,8 @@ def test_anonymous_copies_of_one_recording_share_a_group():
 def test_groups_are_lower_cased_authors_or_the_file_name(dataset):
     table = read_table(dataset["out"])
     for row in table.itertuples():
-        filename = row.key.split("/", 2)[-1] if row.source != "train_audio" else row.key.split("/", 1)[1]
         if row.author.strip().lower() in ("", "unknown"):
-            assert row.group == filename
+            assert row.group == "/".join(row.key.split("/")[-2:])  # <label>/<file>, the seed's file name
         else:
             assert row.group == row.author.lower()
     assert (table["author"] == "").any() and (table["author"] == "Unknown").any()

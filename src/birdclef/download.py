@@ -70,9 +70,9 @@ def _kaggle_api():
         kaggle.api.authenticate()  # an access token is checked online
     except SystemExit:
         raise DownloadError("Kaggle rejected the credentials; create a new API token.") from None
-    except OSError as error:  # requests' connection errors are OSErrors
-        raise DownloadError(f"could not reach Kaggle to check the credentials ({error}); check the network "
-                            "connection and run the stage again.") from None
+    except OSError as error:  # requests' connection and HTTP errors are OSErrors
+        raise DownloadError(f"could not check the credentials with Kaggle ({error}); check the network "
+                            "connection and the token, then run the stage again.") from None
     return kaggle.api
 
 

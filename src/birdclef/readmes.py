@@ -13,8 +13,9 @@ PSEUDO = ("Published pseudo-label CSVs (row_id, one column per class), in priori
           "name. Round 0 trains with them; the sample has none.\n")
 TEST_SOUNDSCAPES = (
     "Kaggle hides the test soundscapes until a notebook is submitted, so the download holds none\n"
-    "and `dvc repro` writes a submission with the template's rows. Put 1-minute soundscapes here\n"
-    "to score them locally.\n")
+    "and `dvc repro` writes a submission with the template's rows. This folder is a DVC output:\n"
+    "to run the ensemble on soundscapes of your own, give their folder to\n"
+    "`birdclef infer --soundscapes <folder>` or `birdclef predict <folder>`.\n")
 
 
 def write_readme(folder: Path, text: str) -> None:

@@ -20,13 +20,15 @@ bird-clef-2025-pretrained-metadata    the pretraining corpus tables             
 ====================================  ===============================================  =====================
 
 The authors' 36,030-row training table is not published, so ``extra/train.csv`` is rebuilt from
-the folders (label = folder name, no secondary labels, author unknown, so the split groups such
-rows by file name), enriched from any CSV in the dataset that describes the same files. Files
+the folders (label = folder name), enriched from any CSV in the dataset that describes the same
+files; without one, a row has no secondary labels and an unknown author (the split then groups
+it by file name). Files
 are hard-linked from the downloads (no second copy of ~100 GB), or copied across devices.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import shutil
@@ -70,7 +72,8 @@ def competition(folder: Path, out: Path) -> dict:
                               "and download again.")
         link_tree(folder / name, out / name)
     readmes.write_readme(out / layout.TEST_SOUNDSCAPES, readmes.TEST_SOUNDSCAPES)
-    tests = list(audio_files(folder / layout.TEST_SOUNDSCAPES))
+    tests = [path for path in sorted((folder / layout.TEST_SOUNDSCAPES).glob("*"))
+             if path.suffix.lower() in layout.AUDIO_SUFFIXES]  # infer reads the folder's files, not subfolders
     for path in tests:
         link_tree(path, out / layout.TEST_SOUNDSCAPES / path.name)
     return {"train_audio": sum(1 for _ in audio_files(out / layout.TRAIN_AUDIO)),
@@ -107,8 +110,8 @@ def _enrich(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
         metadata = pd.read_csv(path, dtype=str, keep_default_na=False)
         if "filename" not in metadata.columns:
             continue
-        metadata = metadata.drop_duplicates("filename").set_index("filename")
-        metadata = metadata.where(metadata != "")  # a blank cell leaves the value to a later CSV
+        # A blank cell leaves the value to a later row or CSV.
+        metadata = metadata.where(metadata != "").groupby("filename").first()
         for column in set(layout.TRAIN_COLUMNS) - {"filename", "primary_label", "collection"}:
             if column in metadata.columns:
                 values = table["key"].map(metadata[column])
@@ -161,8 +164,10 @@ def background(parts: list[Path], out: Path, scratch: Path) -> dict:
         for path in clips:
             name = f"{source}/{path.name}"
             if name in found:
-                raise LayoutError(f"{found[name]} and {path} would both be {layout.BACKGROUND_AUDIO}/{name}; "
-                                  "delete one of them and run the stage again.")
+                if filecmp.cmp(found[name], path, shallow=False):
+                    continue  # one clip published twice
+                raise LayoutError(f"{found[name]} and {path} differ but would both be "
+                                  f"{layout.BACKGROUND_AUDIO}/{name}; delete one of them and run the stage again.")
             found[name] = path
             link_tree(path, out / layout.BACKGROUND_AUDIO / name)
             rows.append((name, source, category_of(path.name)))
