@@ -60,7 +60,7 @@ def test_corrupt_file_fails_naming_it_and_leaves_no_partial_shard(raw_dataset, t
     bad = raw_dataset / "train_audio" / "amerob" / "XC1000.wav"
     bad.write_bytes(b"RIFF....not really audio")
     out = tmp_path / "store"
-    with pytest.raises(PrecomputeError, match=r"(?s)XC1000.wav: cannot decode.*`dvc exp run -S precompute.on_error=skip`"):
+    with pytest.raises(PrecomputeError, match=r"(?s)XC1000.wav: cannot decode.*`dvc exp run -S precompute.on_error=skip precompute`"):
         run_precompute(raw_dataset, out, params)
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
     assert not (out / "index.csv").exists()
@@ -122,6 +122,12 @@ def test_stale_shards_of_an_old_plan_are_removed(raw_dataset, tmp_path, params):
      r"train.csv:2: .*gone.ogg does not exist"),
     (lambda t: t.assign(secondary_labels=["['oops"] + t["secondary_labels"].tolist()[1:]),
      r"train.csv:2: .*oops"),
+    (lambda t: t.assign(filename=[f"/tmp/{t['filename'][0]}"] + t["filename"].tolist()[1:]),
+     r"train.csv:2: /tmp/.*'filename' must be a path inside .*train_audio, relative to it"),
+    (lambda t: t.assign(filename=[f"../train_audio/{t['filename'][0]}"] + t["filename"].tolist()[1:]),
+     r"train.csv:2: \.\./train_audio/.*'filename' must be a path inside"),
+    (lambda t: t.assign(filename=t["filename"].tolist()[:2] + [t["filename"][0]] + t["filename"].tolist()[3:]),
+     r"train.csv:4: .* is listed on line 2 too; remove one of the rows"),
 ])
 def test_bad_tables_are_refused_before_decoding(raw_dataset, tmp_path, params, edit, message):
     table = pd.read_csv(raw_dataset / "train.csv", dtype=str, keep_default_na=False)

@@ -200,7 +200,7 @@ def _write_shard(out, plan, expected, sample_rate, dtype, on_error, workers, sum
             if isinstance(result, str):
                 if on_error == "fail":
                     raise PrecomputeError(f"{result}\n(Or skip such files, listed then in {out / SKIPPED_CSV}: "
-                                          "`dvc exp run -S precompute.on_error=skip`, or set it in "
+                                          "`dvc exp run -S precompute.on_error=skip precompute`, or set it in "
                                           "conf/config.yaml, which `dvc exp run` composes params.yaml from.)")
                 writer.skip(source.key, result)
             else:

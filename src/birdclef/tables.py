@@ -9,7 +9,7 @@ data names many species that are not scored.
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from birdclef import layout
 
@@ -73,8 +73,16 @@ def read_train_table(path: Path, audio_root: Path, vocabulary: list[str] | None)
     path, audio_root = Path(path), Path(audio_root)
     frame = read_csv(path, REQUIRED_COLUMNS)
     known = None if vocabulary is None else set(vocabulary)
-    secondary = []
+    secondary, line_of = [], {}
     for line, row in enumerate(frame.itertuples(index=False), start=2):
+        relative = PurePosixPath(row.filename)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise TableError(f"{path}:{line}: {row.filename}: 'filename' must be a path inside {audio_root}, "
+                             "relative to it (<label>/<file>).")
+        if row.filename in line_of:
+            raise TableError(f"{path}:{line}: {row.filename} is listed on line {line_of[row.filename]} too; "
+                             "remove one of the rows (a recording listed twice would be trained on twice).")
+        line_of[row.filename] = line
         if known is not None and row.primary_label not in known:
             raise TableError(f"{path}:{line}: unknown primary_label {row.primary_label!r}; use a "
                              "species of taxonomy.csv (the classes the models score; the download "
