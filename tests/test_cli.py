@@ -46,7 +46,12 @@ def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
     (lambda p: p["train"].update(compile="cudagraphs"), "'train.compile' is 'cudagraphs'; use one of none, default, "
                                                         "reduce-overhead, max-autotune"),
     (lambda p: p["infer"].update(precision="fp8"), "'infer.precision' is 'fp8'; use f32, bf16 or null"),
-    (lambda p: p["infer"].update(streams=0), "infer.streams must be at least 1"),
+    (lambda p: p["infer"].update(streams=0), "'infer.streams' is 0; it must be more than 0"),
+    (lambda p: p["audio"].update(sample_rate=0), "'audio.sample_rate' is 0; it must be more than 0"),
+    (lambda p: p["audio"].update(window_seconds=0.0), "'audio.window_seconds' is 0.0; it must be more than 0"),
+    (lambda p: p["train"].update(epochs=0), "'train.epochs' is 0; it must be more than 0"),
+    (lambda p: p["train"].update(batch_size=0), "'train.batch_size' is 0; it must be more than 0"),
+    (lambda p: p["precompute"].update(workers=-2), "'precompute.workers' is -2; it must be 0 or more (0: all cores)"),
     (lambda p: p["train"].update(epochs=5, validate_every=2), "train.epochs (5) must be a multiple of train.validate_every"),
     (lambda p: p.update(teachers={}), "round round1 trains with data/pseudo/round0, which no stage writes; "
                                       "add 'teachers.round0: data/raw/pseudo'"),
@@ -66,6 +71,9 @@ def test_wrong_params_are_named(tmp_path, edit, message):
 def test_missing_params_file_is_explained(tmp_path):
     result = run([python(), "-m", "birdclef", "precompute"], tmp_path, env(), check=False)
     assert result.returncode == 1 and "params.yaml: not found" in result.stderr
+    (tmp_path / "conf").mkdir()
+    result = run([python(), "-m", "birdclef", "precompute", "--params", "conf"], tmp_path, env(), check=False)
+    assert result.returncode == 1 and "conf is a folder; name the params file" in result.stderr
 
 
 def test_params_that_are_not_yaml_are_explained(tmp_path):
@@ -90,7 +98,22 @@ def test_committed_params_are_the_default_composition(tmp_path):
     (["pseudo"], "models/round0/eca/fold0: no trained model"),
     (["pseudo", "--round", "round7"], "unknown round 'round7'; params.yaml has round0, round1"),
     (["train", "--family", "eca", "--fold", "0", "--round", "round7"], "unknown round 'round7'"),
-    (["evaluate", "--tables", "."], "data/store/index.csv: no store index; run `dvc repro precompute`"),
+    (["evaluate", "--tables", ".", "--raw", ".", "--submission", "train.csv"],
+     "data/store/index.csv: no store index; run `dvc repro precompute`"),
+    (["evaluate", "--tables", "nope"], "--tables nope: no such folder (the prepare stage's output)"),
+    (["evaluate", "--tables", ".", "--raw", "nope"], "--raw nope: no such folder"),
+    (["evaluate", "--tables", ".", "--raw", ".", "--submission", "nope.csv"], "--submission nope.csv: no such file"),
+    (["evaluate", "--tables", ".", "--raw", ".", "--submission", "train.csv", "--out", "."],
+     "--out . is a folder; name a file"),
+    (["pseudo", "--inherit", "nope"], "--inherit nope: no such folder"),
+    (["infer", "--soundscapes", ".", "--sample-submission", "nope.csv"], "--sample-submission nope.csv: no such file"),
+    (["infer", "--soundscapes", ".", "--sample-submission", "train.csv", "--metrics", "train.csv/m.json"],
+     "--metrics train.csv/m.json: train.csv is a file, so no folder can hold m.json"),
+    # output paths that cannot be written are refused before the work, not after it
+    (["pretrain", "--family", "eca", "--raw", ".", "--out", "."], "--out . is a folder; name a file"),
+    (["train", "--family", "eca", "--fold", "0", "--raw", ".", "--tables", ".", "--logs", "train.csv"],
+     "--logs train.csv is a file; name a folder"),
+    (["predict", "x.wav", "-o", "train.csv/p.csv"], "--out train.csv/p.csv: train.csv is a file, so no folder can hold p.csv"),
     # a mistyped path must not quietly train without background clips, pseudo labels or weights
     (["train", "--family", "eca", "--fold", "0", "--raw", "nope"], "--raw nope: no such folder"),
     (["train", "--family", "eca", "--fold", "0", "--raw", ".", "--tables", ".", "--round", "round1"],
@@ -125,3 +148,9 @@ def test_data_stages_refuse_to_write_into_a_foreign_folder(tmp_path, command, ma
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"holds files this command did not write (no {marker})" in result.stderr
     assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_raven_threshold_must_be_a_probability(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    result = run([python(), "-m", "birdclef", "predict", "x.wav", "--threshold", "50"], tmp_path, env(), check=False)
+    assert result.returncode == 2 and "Invalid value for '--threshold'" in result.stderr

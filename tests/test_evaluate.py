@@ -175,3 +175,18 @@ def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
     targets[29, 2] = 1
     expected = np.mean([roc_auc_score(targets[:, c], scores[:, c]) for c in range(3)])  # the other classes: no positives
     assert result == {"cv_auc": 0.8, "oof_auc": round(expected, 5), "fold_auc": [0.75, 0.85]}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda frame: frame.drop(columns=[CLASSES[0]]), rf"missing column\(s\) \['{CLASSES[0]}'\]"),
+    (lambda frame: frame.assign(row_id=["elsewhere_5", *frame["row_id"][1:]]),
+     r"row_id\(s\) \['elsewhere_5'\] are not windows of test_soundscapes_labels.csv"),
+])
+def test_a_submission_for_other_classes_or_windows_is_named(tmp_path, edit, message):
+    from birdclef.evaluate import read_submission
+    from birdclef.tables import TableError
+
+    labels = pd.DataFrame({"row_id": ["S0_5", "S0_10"], **{name: [0, 1] for name in CLASSES}})
+    edit(labels.assign(**{name: [0.2, 0.7] for name in CLASSES})).to_csv(tmp_path / "submission.csv", index=False)
+    with pytest.raises(TableError, match=rf"submission.csv: {message}"):
+        read_submission(tmp_path / "submission.csv", labels)

@@ -94,6 +94,34 @@ def test_unknown_template_column_is_refused(exports, params, tmp_path):
         infer(params, exports, tmp_path, template, tmp_path / "s.csv", tmp_path / "m.json")
 
 
+def test_a_template_without_class_columns_is_refused(exports, params, tmp_path):
+    template = tmp_path / "sample_submission.csv"
+    template.write_text("row_id\n")
+    with pytest.raises(InferError, match="sample_submission.csv: no class columns"):
+        infer(params, exports, tmp_path, template, tmp_path / "s.csv", tmp_path / "m.json")
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize("audio", [{"sample_rate": 16000}, {"window_seconds": 3.0}])
+def test_params_that_no_longer_match_the_export_are_refused(exports, params, tmp_path, audio):
+    from dataclasses import replace
+
+    params.audio = replace(params.audio, **audio)
+    template = tmp_path / "sample_submission.csv"
+    pd.DataFrame(columns=["row_id", *CLASSES]).to_csv(template, index=False)
+    with pytest.raises(InferError, match=r"the models take 160000-sample windows at 32000 Hz, but params' audio "
+                                         r"gives \d+ at \d+ Hz; restore audio.\* or export again"):
+        infer(params, exports, tmp_path, template, tmp_path / "s.csv", tmp_path / "m.json")
+
+
+def test_a_file_named_twice_is_scored_once(tmp_path):
+    from birdclef.infer import find_audio
+
+    write_audio(tmp_path / "in" / "a.wav", tone(1000, 6.0, 32000), 32000)
+    found = find_audio([tmp_path / "in" / "a.wav", tmp_path / "in", tmp_path / "in" / ".." / "in" / "a.wav"])
+    assert found == [tmp_path / "in" / "a.wav"]
+
+
 def test_predict_rescales_each_file_on_its_own(exports, tmp_path):
     ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0}, precision="f32")
     for name, hz in (("a.wav", 1500), ("b.wav", 4000)):
@@ -187,8 +215,9 @@ def test_predict_command_line(exports, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["x.wav", "-o", "folder"], "error: --out folder is a folder; give a file name, e.g. --out folder/predictions.csv"),
-    (["x.wav", "--raven", "x.wav"], "error: --raven x.wav is a file; give a folder"),
+    (["x.wav", "-o", "folder"], "error: --out folder is a folder; name a file"),
+    (["x.wav", "--raven", "x.wav"], "error: --raven x.wav is a file; name a folder"),
+    (["x.wav", "-o", "x.wav/p.csv"], "error: --out x.wav/p.csv: x.wav is a file, so no folder can hold p.csv"),
     (["x.wav", "--threads", "-2"], "Invalid value for '--threads'"),
     (["x.wav", "--top-n", "-3"], "Invalid value for '--top-n'"),
     (["bad.mp3"], "error: no file could be scored, p.csv not written:\n  bad.mp3: cannot decode"),

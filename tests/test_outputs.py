@@ -85,3 +85,26 @@ def test_a_folder_the_stage_did_not_write_is_refused_and_kept(tmp_path):
     with folder_written_atomically(tmp_path / "empty", "taxonomy.csv") as folder:  # an earlier output
         (folder / "taxonomy.csv").write_text("newer")
     assert _tree(tmp_path / "empty") == {"taxonomy.csv": "newer"}
+
+
+def test_a_path_no_file_can_be_written_to_is_refused_and_leaves_nothing(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="folder is a folder; name a file"):
+        write_atomically(tmp_path / "folder", lambda tmp: tmp.write_text("x"))
+    with pytest.raises(OutputError, match="notes.txt is a file, so no folder can hold out.csv"):
+        write_atomically(tmp_path / "notes.txt" / "sub" / "out.csv", lambda tmp: tmp.write_text("x"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder", "notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not any((tmp_path / "folder").iterdir())
+
+
+def test_a_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    def refuse(source, target):
+        raise PermissionError(f"cannot replace {target}")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        write_atomically(tmp_path / "out.csv", lambda tmp: tmp.write_text("x"))
+    assert list(tmp_path.iterdir()) == []

@@ -147,6 +147,7 @@ def pretrain(
 ) -> None:
     """The backbone weights a family starts from (pretrain.source: corpus pretraining, the
     authors' published backbones, or none), saved as a backbone-only state dict."""
+    from birdclef.outputs import OutputError
     from birdclef.pretrain import prepare_backbone
     from birdclef.store import StoreError
     from birdclef.train import TrainError
@@ -155,9 +156,11 @@ def pretrain(
     _check_family(params, family)
     _check_folder(raw, "--raw", "the download stage's output")
     out = out or Path("models/pretrained") / f"{family}.pt"
+    logs = logs or Path("metrics/pretrain") / family
+    _check_outputs(files={"--out": out}, folders={"--logs": logs})
     try:
-        summary = prepare_backbone(params, family, raw, store, out, logs or Path("metrics/pretrain") / family)
-    except (TrainError, StoreError) as error:
+        summary = prepare_backbone(params, family, raw, store, out, logs)
+    except (TrainError, StoreError, OutputError) as error:
         raise _fail(error) from None
     typer.echo(f"pretrain: {summary}")
 
@@ -204,6 +207,7 @@ def train(
     paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
                      pretrained=pretrained or Path("models/pretrained") / f"{family}.pt",
                      out=out or Path("models") / run_name, logs=logs or Path("metrics/train") / run_name)
+    _check_outputs(folders={"--logs": paths.logs})
     try:
         meta = train_fold(params, family, fold, paths)
     except (TrainError, PseudoError, StoreError, OutputError) as error:
@@ -226,6 +230,23 @@ def _check_folder(folder: Path, name: str, what: str) -> None:
     without background mixing or pseudo labels."""
     if not folder.is_dir():
         raise _fail(FileNotFoundError(f"{name} {folder}: no such folder ({what})"))
+
+
+def _check_file(path: Path, name: str, what: str) -> None:
+    if not path.is_file():
+        raise _fail(FileNotFoundError(f"{name} {path}: no such file ({what})"))
+
+
+def _check_outputs(files: dict[str, Path] | None = None, folders: dict[str, Path] | None = None) -> None:
+    """Refuse an output path that cannot be written (option -> path) before the work, not after it."""
+    from birdclef.outputs import OutputError, check_output_path
+
+    for options, folder in ((files or {}, False), (folders or {}, True)):
+        for option, path in options.items():
+            try:
+                check_output_path(path, folder)
+            except OutputError as error:
+                raise _fail(OutputError(f"{option} {error}")) from None
 
 
 def _check_family(params, family: str) -> None:
@@ -252,6 +273,8 @@ def pseudo(
 
     params = _load(params_path)
     trained_with = _round_pseudo(params, round)
+    if inherit is not None:
+        _check_folder(inherit, "--inherit", "the pseudo labels the round trained with")
     try:
         summary = pseudo_label_round(params, round, models, inherit or trained_with, store,
                                      out or Path(PSEUDO_ROOT) / round)
@@ -298,12 +321,17 @@ def infer(
     from birdclef.export import ExportError
     from birdclef.infer import InferError, infer as run
 
+    from birdclef.outputs import OutputError
+    from birdclef.tables import TableError
+
     params = _load(params_path)
     _check_folder(soundscapes, "--soundscapes", "the soundscapes to submit for; the download stage writes "
                   "data/raw/test_soundscapes")
+    _check_file(sample_submission, "--sample-submission", "Kaggle's template; the download stage writes it")
+    _check_outputs(files={"--out": out, "--metrics": metrics})
     try:
         summary = run(params, exports, soundscapes, sample_submission, out, metrics)
-    except (InferError, ExportError, FileNotFoundError) as error:
+    except (InferError, ExportError, FileNotFoundError, TableError, OutputError) as error:
         raise _fail(error) from None
     typer.echo(f"infer: {summary}")
 
@@ -326,10 +354,17 @@ def evaluate(
     from birdclef.pseudo import PseudoError
     from birdclef.store import StoreError
 
+    from birdclef.outputs import OutputError
+    from birdclef.tables import TableError
+
     params = _load(params_path)
+    _check_folder(tables, "--tables", "the prepare stage's output")
+    _check_folder(raw, "--raw", "the download stage's output")
+    _check_file(submission, "--submission", "the infer stage writes it")
+    _check_outputs(files={"--out": out}, folders={"--plots": plots})
     try:
         metrics_summary = run(params, models, tables, store, raw, submission, out, plots)
-    except (ExportError, PseudoError, StoreError, FileNotFoundError) as error:
+    except (ExportError, PseudoError, StoreError, FileNotFoundError, OutputError, TableError) as error:
         raise _fail(error) from None
     typer.echo(json.dumps(metrics_summary, indent=2))
 
@@ -341,7 +376,7 @@ def predict(
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV of per-window scores.")] = Path("predictions.csv"),
     exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
     raven: Annotated[Optional[Path], typer.Option(help="Also write Raven selection tables here.")] = None,
-    threshold: Annotated[float, typer.Option(help="Raven tables list scores at or above this.")] = 0.5,
+    threshold: Annotated[float, typer.Option(min=0, max=1, help="Raven tables list scores at or above this.")] = 0.5,
     top_n: Annotated[int, typer.Option(min=0, help="TopN rescaling per file (0 = off: raw window scores; "
                                                      "the submission uses infer.top_n on 60-s soundscapes).")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="OpenVINO threads (0 = all cores).")] = 0,
@@ -352,17 +387,21 @@ def predict(
     import warnings
 
     from birdclef.export import ExportError
-    from birdclef.infer import InferError, load_ensemble, predict as run
+    from birdclef.infer import InferError, check_audio_settings, load_ensemble, predict as run
+
+    from birdclef.outputs import OutputError
 
     params = _load(params_path)
+    _check_outputs(files={"--out": out}, folders={"--raven": raven} if raven else None)
     try:
         ensemble = load_ensemble(exports, params.families, params.infer.family_weights, threads or None,
                                  params.infer.precision)
+        check_audio_settings(ensemble, params.audio, exports)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             summary = run(inputs, ensemble, out, params.audio.window_seconds, params.audio.sample_rate,
                           top_n, raven, threshold)
-    except (InferError, ExportError, FileNotFoundError) as error:
+    except (InferError, ExportError, FileNotFoundError, OutputError) as error:
         raise _fail(error) from None
     for reason in summary["skipped"].values():
         typer.secho(f"skipped: {reason}", err=True, fg=typer.colors.YELLOW)

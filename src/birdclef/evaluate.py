@@ -21,6 +21,7 @@ from birdclef import layout
 from birdclef.labels import multi_hot
 from birdclef.metrics import macro_roc_auc
 from birdclef.outputs import write_atomically, write_json
+from birdclef.tables import TableError, read_csv
 
 
 def cross_validation(models: Path, family: str, folds: list[int], table, classes: list[str]) -> dict:
@@ -54,6 +55,19 @@ def soundscape_auc(labels, predictions) -> tuple[float, dict[str, float]]:
     per_class = {label: round(float(roc_auc_score(targets[:, i], scores[:, i])), 5)
                  for i, label in enumerate(classes) if 0 < targets[:, i].sum() < len(targets)}
     return round(macro_roc_auc(targets, scores), 5), per_class
+
+
+def read_submission(path: Path, labels):
+    """A submission to score against ``labels``: their classes, and windows they label."""
+    import pandas as pd
+
+    classes = [column for column in labels.columns if column != "row_id"]
+    row_ids = read_csv(path, ("row_id", *classes))["row_id"]  # a TableError names the file
+    unknown = sorted(set(row_ids) - set(labels["row_id"]))
+    if unknown:
+        raise TableError(f"{path}: row_id(s) {unknown[:3]} are not windows of {layout.TEST_LABELS_CSV}; "
+                         "score a submission for the labelled test soundscapes.")
+    return pd.read_csv(path)
 
 
 def round_predictions(params, models: Path, store: Path, keys: list[str], classes: list[str]) -> dict:
@@ -105,7 +119,7 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
         metrics[round_params.name] = result
     per_class = {}
     if labels is not None and Path(submission).is_file():
-        metrics["submission_soundscape_auc"], per_class = soundscape_auc(labels, pd.read_csv(submission))
+        metrics["submission_soundscape_auc"], per_class = soundscape_auc(labels, read_submission(submission, labels))
     write_json(out, metrics)
     per_class_frame = pd.DataFrame({"species": list(per_class), "auc": list(per_class.values())})
     write_atomically(plots / "per_class_auc.csv", lambda tmp: per_class_frame.to_csv(tmp, index=False))

@@ -20,6 +20,7 @@ from birdclef import layout
 from birdclef.audio import AudioError, decode
 from birdclef.data import split_windows
 from birdclef.outputs import write_atomically, write_json, write_scores
+from birdclef.tables import read_csv
 from birdclef.progress import progress_bar
 
 if TYPE_CHECKING:  # OpenVINO loads only where an ensemble is built
@@ -60,6 +61,14 @@ def load_ensemble(exports: Path, families: list[str], weights: dict[str, float],
                             [weights[family] for family in families], batch)
 
 
+def check_audio_settings(ensemble, audio, exports: Path) -> None:
+    """The graphs take windows of a fixed length at one rate: params must still give those."""
+    if (ensemble.sample_rate, ensemble.window_samples) != (audio.sample_rate, audio.window_samples):
+        raise InferError(f"{exports}: the models take {ensemble.window_samples}-sample windows at "
+                         f"{ensemble.sample_rate} Hz, but params' audio gives {audio.window_samples} at "
+                         f"{audio.sample_rate} Hz; restore audio.* or export again (`dvc repro`).")
+
+
 def read_ahead(paths: list[Path], sample_rate: int):
     """Yield (path, Recording or AudioError) in order, decoding the next file in a thread."""
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -85,8 +94,11 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
     window_seconds = params.audio.window_seconds
     ensemble = load_ensemble(exports, params.families, settings.family_weights, settings.threads or None,
                              settings.precision, settings.streams, round(SOUNDSCAPE_SECONDS / window_seconds))
-    template = pd.read_csv(sample_submission, nrows=0)
-    columns = [column for column in template.columns if column != "row_id"]
+    check_audio_settings(ensemble, params.audio, exports)
+    columns = [column for column in read_csv(sample_submission, ("row_id",)).columns if column != "row_id"]
+    if not columns:
+        raise InferError(f"{sample_submission}: no class columns; it needs row_id and one column per class "
+                         "(Kaggle's sample_submission.csv).")
     unknown = sorted(set(columns) - set(ensemble.classes))
     if unknown:
         raise InferError(f"{sample_submission}: columns {unknown[:5]} are not among the models' classes.")
@@ -132,7 +144,10 @@ def find_audio(inputs: list[Path]) -> list[Path]:
             found.append(item)
         else:
             raise InferError(f"{item}: no such file or folder.")
-    return found
+    unique = {}
+    for path in found:  # a file named twice, or also inside a folder given, is scored once
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_seconds: float, sample_rate: int,
@@ -143,11 +158,7 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
 
     import pandas as pd
 
-    out = Path(out)
-    if out.is_dir():
-        raise InferError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'predictions.csv'}.")
-    if raven is not None and Path(raven).exists() and not Path(raven).is_dir():
-        raise InferError(f"--raven {raven} is a file; give a folder (new or existing) for the Raven tables.")
+    out = Path(out)  # the command checked it and ``raven`` (outputs.check_output_path)
     audio = find_audio(inputs)
     if not audio:
         raise InferError(f"no audio files ({', '.join(layout.AUDIO_SUFFIXES)}) in {', '.join(map(str, inputs))}.")

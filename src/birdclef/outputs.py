@@ -16,22 +16,37 @@ from pathlib import Path
 SCORE_FORMAT = "%.9g"
 
 
+class OutputError(ValueError):
+    """An output path that a stage must not replace (a file, or a folder it did not write)."""
+
+
+def check_output_path(path: Path, folder: bool = False) -> Path:
+    """``path``, if a file (or with ``folder``, a folder) can be written there: not the other
+    kind already, and no file where a parent folder must be.
+
+    Commands call it on their output options before the work, so a wrong path costs nothing.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise OutputError(f"{path} is a {'file' if folder else 'folder'}; name a {'folder' if folder else 'file'}.")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"{path}: {blocking} is a file, so no folder can hold {path.name}; name another path.")
+    return path
+
+
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write`` on a temporary sibling of ``path``, then rename it over ``path``: a
     failed or killed run leaves the old file or none, never half of one."""
-    path = Path(path)
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
-
-
-class OutputError(ValueError):
-    """An output path that a stage must not replace (a file, or a folder it did not write)."""
 
 
 def check_replaceable(out: Path, marker: str) -> Path:

@@ -203,6 +203,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     from omegaconf.errors import OmegaConfBaseException
 
     path = Path(path)
+    if path.is_dir():
+        raise ParamsError(f"{path} is a folder; name the params file (params.yaml).")
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run from the project root (where dvc.yaml is).")
     try:
@@ -218,6 +220,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
                           "regenerate it from conf/ or fix the line.") from None
     _check(params, path)
     return params
+
+
+# Settings that would otherwise fail deep inside a library (soxr, the DataLoader, a division).
+POSITIVE = ("audio.sample_rate", "audio.window_seconds", "train.epochs", "train.batch_size",
+            "precompute.files_per_shard", "infer.streams")
+NOT_NEGATIVE = {"precompute.workers": "all cores", "infer.top_n": "TopN off", "infer.threads": "all cores"}
 
 
 def _check(params: Params, path: Path) -> None:
@@ -244,11 +252,12 @@ def _check(params: Params, path: Path) -> None:
     if any(fold not in range(params.prepare.n_folds) for fold in params.folds):
         raise ParamsError(f"{path}: 'folds' {params.folds} must lie in 0..{params.prepare.n_folds - 1} "
                           "(prepare.n_folds).")
-    if params.infer.streams < 1:
-        raise ParamsError(f"{path}: infer.streams must be at least 1.")
-    for key in ("top_n", "threads"):
-        if getattr(params.infer, key) < 0:
-            raise ParamsError(f"{path}: infer.{key} must be 0 or more (0: TopN off / all cores).")
+    for key in POSITIVE:
+        if _get(params, key) <= 0:
+            raise ParamsError(f"{path}: '{key}' is {_get(params, key)!r}; it must be more than 0.")
+    for key, zero in NOT_NEGATIVE.items():
+        if _get(params, key) < 0:
+            raise ParamsError(f"{path}: '{key}' is {_get(params, key)!r}; it must be 0 or more (0: {zero}).")
     if params.infer.precision not in (None, "f32", "bf16"):
         raise ParamsError(f"{path}: 'infer.precision' is {params.infer.precision!r}; use f32, bf16 or null "
                           "(the CPU's default: bf16 where it has it).")
@@ -256,8 +265,6 @@ def _check(params: Params, path: Path) -> None:
     if train.validate_every < 1 or train.epochs % train.validate_every:
         raise ParamsError(f"{path}: train.epochs ({train.epochs}) must be a multiple of train.validate_every "
                           f"({train.validate_every}, at least 1), so that the last epoch is validated.")
-    if params.precompute.files_per_shard < 1:
-        raise ParamsError(f"{path}: precompute.files_per_shard must be at least 1.")
     sample = params.data.sample
     if params.data.source == "sample" and sample is None:
         raise ParamsError(f"{path}: 'data.source' is sample but there is no 'data.sample' section.")
