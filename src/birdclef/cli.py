@@ -320,7 +320,6 @@ def infer(
     """Write submission.csv: the OpenVINO ensemble on every test soundscape, TopN rescaled."""
     from birdclef.export import ExportError
     from birdclef.infer import InferError, infer as run
-
     from birdclef.outputs import OutputError
     from birdclef.tables import TableError
 
@@ -351,10 +350,9 @@ def evaluate(
     of the submission (where labels exist), per-class AUC for `dvc plots`."""
     from birdclef.evaluate import evaluate as run
     from birdclef.export import ExportError
+    from birdclef.outputs import OutputError
     from birdclef.pseudo import PseudoError
     from birdclef.store import StoreError
-
-    from birdclef.outputs import OutputError
     from birdclef.tables import TableError
 
     params = _load(params_path)
@@ -387,16 +385,14 @@ def predict(
     import warnings
 
     from birdclef.export import ExportError
-    from birdclef.infer import InferError, check_audio_settings, load_ensemble, predict as run
-
+    from birdclef.infer import InferError, load_ensemble, predict as run
     from birdclef.outputs import OutputError
 
     params = _load(params_path)
     _check_outputs(files={"--out": out}, folders={"--raven": raven} if raven else None)
     try:
         ensemble = load_ensemble(exports, params.families, params.infer.family_weights, threads or None,
-                                 params.infer.precision)
-        check_audio_settings(ensemble, params.audio, exports)
+                                 params.infer.precision, audio=params.audio)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             summary = run(inputs, ensemble, out, params.audio.window_seconds, params.audio.sample_rate,

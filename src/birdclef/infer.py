@@ -20,8 +20,8 @@ from birdclef import layout
 from birdclef.audio import AudioError, decode
 from birdclef.data import split_windows
 from birdclef.outputs import write_atomically, write_json, write_scores
-from birdclef.tables import read_csv
 from birdclef.progress import progress_bar
+from birdclef.tables import read_csv
 
 if TYPE_CHECKING:  # OpenVINO loads only where an ensemble is built
     from birdclef.export import ExportedEnsemble
@@ -48,25 +48,24 @@ def top_n_rescale(probs: np.ndarray, n: int) -> np.ndarray:
 
 
 def load_ensemble(exports: Path, families: list[str], weights: dict[str, float], threads: int | None = None,
-                  precision: str | None = None, streams: int = 1, batch: int | None = None):
+                  precision: str | None = None, streams: int = 1, batch: int | None = None, audio=None):
     """The families' exported graphs joined into one OpenVINO model (the mel front end computed
     once), averaged with ``weights``: (n, samples) windows -> (n, K) scores. ``batch``: compile
-    for that many windows per call (``ExportedEnsemble``)."""
+    for that many windows per call (``ExportedEnsemble``). ``audio`` (params' section): the
+    graphs take windows of one length at one rate, so params must still give those."""
     from birdclef.export import ExportedEnsemble
 
     missing = [family for family in families if family not in weights]
     if missing:
         raise InferError(f"infer.family_weights has no weight for {missing}.")
-    return ExportedEnsemble([exports / family for family in families], threads, precision, streams,
-                            [weights[family] for family in families], batch)
-
-
-def check_audio_settings(ensemble, audio, exports: Path) -> None:
-    """The graphs take windows of a fixed length at one rate: params must still give those."""
-    if (ensemble.sample_rate, ensemble.window_samples) != (audio.sample_rate, audio.window_samples):
+    ensemble = ExportedEnsemble([exports / family for family in families], threads, precision, streams,
+                                [weights[family] for family in families], batch)
+    if audio is not None and (ensemble.sample_rate, ensemble.window_samples) != (audio.sample_rate,
+                                                                                audio.window_samples):
         raise InferError(f"{exports}: the models take {ensemble.window_samples}-sample windows at "
                          f"{ensemble.sample_rate} Hz, but params' audio gives {audio.window_samples} at "
                          f"{audio.sample_rate} Hz; restore audio.* or export again (`dvc repro`).")
+    return ensemble
 
 
 def read_ahead(paths: list[Path], sample_rate: int):
@@ -93,8 +92,8 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
     settings = params.infer
     window_seconds = params.audio.window_seconds
     ensemble = load_ensemble(exports, params.families, settings.family_weights, settings.threads or None,
-                             settings.precision, settings.streams, round(SOUNDSCAPE_SECONDS / window_seconds))
-    check_audio_settings(ensemble, params.audio, exports)
+                             settings.precision, settings.streams, round(SOUNDSCAPE_SECONDS / window_seconds),
+                             params.audio)
     columns = [column for column in read_csv(sample_submission, ("row_id",)).columns if column != "row_id"]
     if not columns:
         raise InferError(f"{sample_submission}: no class columns; it needs row_id and one column per class "

@@ -22,8 +22,8 @@ bird-clef-2025-pretrained-metadata    the pretraining corpus tables             
 The authors' 36,030-row training table is not published, so ``extra/train.csv`` is rebuilt from
 the folders (label = folder name), enriched from any CSV in the dataset that describes the same
 files; without one, a row has no secondary labels and an unknown author (the split then groups
-it by file name). Files
-are hard-linked from the downloads (no second copy of ~100 GB), or copied across devices.
+it by file name). Files are hard-linked from the downloads (no second copy of ~100 GB), or
+copied across devices.
 """
 
 from __future__ import annotations
