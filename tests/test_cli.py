@@ -132,7 +132,7 @@ def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     # the prepare stage's (empty) tables, so that evaluate stops at the next missing input
     (tmp_path / "train.csv").write_text("key,primary_label,secondary_labels\n")
     (tmp_path / "classes.json").write_text("[]")
-    (tmp_path / "folds.csv").write_text("key\n")
+    (tmp_path / "folds.csv").write_text("variant,fold,subset,row\n")
     result = run([python(), "-m", "birdclef", *args], tmp_path, env(), check=False)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr

@@ -11,7 +11,7 @@ import torch
 import torchaudio
 
 from birdclef.losses import focal_bce
-from birdclef.model import AttentionHead, BirdClassifier, ClipProbabilities, FrequencyGeM, MelFrontend
+from birdclef.model import AttentionHead, BackboneError, BirdClassifier, ClipProbabilities, FrequencyGeM, MelFrontend
 
 SAMPLES = 160_000  # 5 s at 32 kHz
 SMALL_BACKBONE = "mobilenetv3_small_100"
@@ -141,13 +141,16 @@ def test_backbone_round_trip_is_strict(tmp_path):
     path = tmp_path / "backbone.pt"
     torch.save(source.backbone_state_dict(), path)
 
-    target = BirdClassifier(SMALL_BACKBONE, num_classes=7)
-    target.load_backbone(path)
-    for key, value in source.backbone_state_dict().items():
-        torch.testing.assert_close(target.backbone_state_dict()[key], value)
+    whole = tmp_path / "model.pt"  # a trained fold's weights: the backbone part is taken
+    torch.save(source.state_dict(), whole)
+    for weights in (path, whole):
+        target = BirdClassifier(SMALL_BACKBONE, num_classes=7)
+        target.load_backbone(weights)
+        for key, value in source.backbone_state_dict().items():
+            torch.testing.assert_close(target.backbone_state_dict()[key], value)
 
     other = BirdClassifier("tf_efficientnetv2_b0", num_classes=4)
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(BackboneError, match=r"backbone\.pt does not fit this backbone: [1-9]\d* missing key"):
         other.load_backbone(path)
 
 

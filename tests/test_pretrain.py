@@ -43,7 +43,7 @@ def test_published_backbone_of_another_architecture_is_refused(params, tmp_path)
     source.parent.mkdir(parents=True)
     torch.save(BirdClassifier("lcnet_050", 1).backbone_state_dict(), source)
     out = tmp_path / "models/eca.pt"
-    with pytest.raises(TrainError, match="does not fit backbone .mobilenetv3_small_050.*of another shape"):
+    with pytest.raises(TrainError, match=r"does not fit this backbone.*of another shape.*backbone .mobilenetv3_small_050.: check"):
         prepare_backbone(published(params, eca="other.pth"), "eca", tmp_path / "raw", tmp_path / "store",
                          out, tmp_path / "logs")
     assert not out.exists() and not out.with_name("eca.pt.tmp").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from conftest import python, run, tone
 from birdclef import layout
 from birdclef.data import (PseudoChunk, PseudoPool, TrainingWindows, crop_or_pad, sample_weights,
                            split_windows, training_sampler)
+from birdclef.model import BirdClassifier
 from birdclef.pretrain import prepare_backbone
-from birdclef.train import RunPaths, read_tables, train_fold
+from birdclef.tables import TableError
+from birdclef.train import RunPaths, TrainError, read_tables, train_fold
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore:.*LeafSpec:FutureWarning")
 
@@ -128,8 +131,51 @@ def test_pretrained_backbone_is_loaded_strictly(workspace):
     train_fold(params, "eca", 1, paths(root, "from-pretrained", pretrained=backbone))
     other = root / "pretrained" / "wrong.pt"
     torch.save({"conv.weight": torch.zeros(1)}, other)
-    with pytest.raises(RuntimeError, match="state_dict"):
+    with pytest.raises(TrainError, match=r"wrong\.pt does not fit this backbone: \d+ missing key.*1 unexpected "
+                                         r"\['conv.weight'\].*dvc repro pretrain@eca"):
         train_fold(params, "eca", 1, paths(root, "wrong", pretrained=other))
+    assert not (root / "models" / "wrong").exists()
+
+
+def test_train_command_names_a_weights_file_it_cannot_use(workspace):
+    """Not weights at all (a text file), or a whole-model checkpoint of another family."""
+    from omegaconf import OmegaConf
+
+    root, params = workspace
+    params_file = root / "params-weights.yaml"
+    OmegaConf.save(OmegaConf.structured(params), params_file)
+    text, checkpoint = root / "notes.pt", root / "ebs.ckpt"
+    text.write_text("not weights")
+    ebs = BirdClassifier(params.family["ebs"].backbone, 3)
+    torch.save({"state_dict": {f"model.{key}": value for key, value in ebs.state_dict().items()}}, checkpoint)
+    for weights, message in [(text, "notes.pt: not a PyTorch weights file"),
+                             (checkpoint, "ebs.ckpt does not fit this backbone")]:
+        run_paths = paths(root, weights.stem)
+        result = run([python(), "-m", "birdclef", "train", "--family", "eca", "--fold", "0", "--store",
+                      str(run_paths.store), "--tables", str(run_paths.tables), "--raw", str(run_paths.raw),
+                      "--pretrained", str(weights), "--out", str(run_paths.out), "--logs", str(run_paths.logs),
+                      "--params", str(params_file)], root, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert message in result.stderr and "backbone 'mobilenetv3_small_050'" in result.stderr
+        assert not run_paths.out.exists()
+
+
+def test_damaged_prepare_tables_are_named_with_the_fix(workspace, tmp_path):
+    root, _ = workspace
+    for name, content, reason in [("train.csv", "", "EmptyDataError"),
+                                  ("train.csv", "key,primary_label\na,b\n", "no column(s) ['secondary_labels']"),
+                                  ("classes.json", "[\"a\",", "JSONDecodeError"),
+                                  ("folds.csv", None, "FileNotFoundError")]:
+        tables = tmp_path / name / reason
+        shutil.copytree(root / "tables", tables)
+        if content is None:
+            (tables / name).unlink()
+        else:
+            (tables / name).write_text(content)
+        with pytest.raises(TableError) as error:
+            read_tables(tables)
+        assert str(error.value).startswith(f"{tables / name}: not the prepare stage's table ({reason}")
+        assert "`dvc repro prepare`" in str(error.value)
 
 
 def test_compiled_run_saves_weights_that_the_plain_model_reproduces(workspace):

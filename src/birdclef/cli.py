@@ -188,6 +188,7 @@ def train(
     from birdclef.params import PSEUDO_ROOT
     from birdclef.pseudo import PseudoError
     from birdclef.store import StoreError
+    from birdclef.tables import TableError
     from birdclef.train import RunPaths, TrainError, train_fold
 
     params = _load(params_path)
@@ -210,7 +211,7 @@ def train(
     _check_outputs(folders={"--logs": paths.logs})
     try:
         meta = train_fold(params, family, fold, paths)
-    except (TrainError, PseudoError, StoreError, OutputError) as error:
+    except (TrainError, PseudoError, StoreError, OutputError, TableError) as error:
         raise _fail(error) from None
     if meta:
         typer.echo(f"train {run_name}: validation ROC-AUC {meta['val_auc']:.4f} "

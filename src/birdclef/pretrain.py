@@ -25,12 +25,10 @@ from torch.utils.data import DataLoader
 
 from birdclef import layout
 from birdclef.data import TrainingWindows, worker_count
+from birdclef.model import BackboneError
 from birdclef.outputs import write_atomically, write_json
 from birdclef.params import FamilyParams, Params
 from birdclef.train import BirdModule, TrainError, background_mixer, build_model, make_trainer
-
-# The seed's Lightning checkpoints name backbone weights with this prefix.
-CHECKPOINT_PREFIX = "model.backbone."
 
 
 def prepare_backbone(params: Params, family_name: str, raw: Path, store: Path, out: Path, logs: Path) -> dict:
@@ -91,30 +89,13 @@ def published_backbone(params: Params, family_name: str, raw: Path) -> tuple[dic
         present = sorted(item.relative_to(root).as_posix() for item in root.rglob("*") if item.is_file())
         raise TrainError(f"{path} not found (pretrain.published.{family_name}); the download holds: "
                          f"{', '.join(present) or 'nothing'}.")
-    state = load_backbone_state(path)
     family = params.family[family_name]
-    expected = build_model(family, 1, params.train).backbone.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    mismatched = [key for key in expected if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or mismatched:
-        raise TrainError(f"{path} does not fit backbone {family.backbone!r} of family {family_name!r}: "
-                         f"{len(missing)} missing key(s) {missing[:3]}, {len(unexpected)} unexpected "
-                         f"{unexpected[:3]}, {len(mismatched)} of another shape {mismatched[:3]}. "
-                         "Check family.<name>.backbone and pretrain.published.")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return state, {"file": name, "sha256": digest}
-
-
-def load_backbone_state(path: Path) -> dict[str, torch.Tensor]:
-    """A backbone-only state dict, or the backbone part of a Lightning checkpoint."""
+    model = build_model(family, 1, params.train)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a damaged or foreign file
-        raise TrainError(f"{path}: not a PyTorch weights file ({error}); download it again.") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = {key[len(CHECKPOINT_PREFIX):]: value for key, value in state["state_dict"].items()
-                 if key.startswith(CHECKPOINT_PREFIX)}
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise TrainError(f"{path}: expected a state dict of tensors (backbone weights).")
-    return state
+        model.load_backbone(path)
+    except BackboneError as error:
+        raise TrainError(f"{error} Family {family_name!r} has backbone {family.backbone!r}: check "
+                         "family.<name>.backbone and pretrain.published, or download the file again.") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return model.backbone_state_dict(), {"file": name, "sha256": digest}
+

@@ -29,10 +29,11 @@ from birdclef.data import TrainingWindows, ValidationChunks, training_sampler, w
 from birdclef.labels import multi_hot
 from birdclef.losses import build_loss
 from birdclef.metrics import file_level_max, macro_roc_auc, scorable_classes
-from birdclef.model import BirdClassifier
+from birdclef.model import BackboneError, BirdClassifier
 from birdclef.outputs import check_replaceable, folder_written_atomically, write_json, write_scores
 from birdclef.params import FamilyParams, Params, TrainParams
 from birdclef.store import AudioStore
+from birdclef.tables import TableError
 
 RUN_MARKER = "meta.json"  # every run folder has one: what built the weights
 
@@ -110,13 +111,31 @@ class RunPaths:
 
 
 def read_tables(tables: Path):
-    """The prepare stage's training table (secondary labels as lists), classes and folds."""
+    """The prepare stage's training table (secondary labels as lists), classes and folds.
+
+    A missing or damaged file is a TableError naming it, with the fix: rebuild the folder.
+    """
     import pandas as pd
 
-    table = pd.read_csv(tables / "train.csv", keep_default_na=False)
-    table["secondary_labels"] = [json.loads(text) for text in table["secondary_labels"]]
-    classes = json.loads((tables / "classes.json").read_text())
-    folds = pd.read_csv(tables / "folds.csv")
+    def read(name: str, reader, columns: tuple[str, ...] = ()):
+        path = tables / name
+        try:
+            content = reader(path)
+            missing = [column for column in columns if column not in content.columns]
+        except (OSError, TypeError, ValueError) as error:  # pandas' and json's parse errors are ValueErrors
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            if not missing:
+                return content
+            reason = f"no column(s) {missing}"
+        raise TableError(f"{path}: not the prepare stage's table ({reason}); rebuild {tables} with "
+                         "`dvc repro prepare` (or `birdclef prepare`).")
+
+    table = read("train.csv", lambda path: pd.read_csv(path, keep_default_na=False),
+                 ("key", "primary_label", "secondary_labels"))
+    table["secondary_labels"] = read("train.csv", lambda _: [json.loads(text) for text in table["secondary_labels"]])
+    classes = read("classes.json", lambda path: json.loads(path.read_text()))
+    folds = read("folds.csv", pd.read_csv, ("variant", "fold", "subset", "row"))
     return table, classes, folds
 
 
@@ -254,7 +273,11 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
                          "of other species or lower prepare.n_folds.")
     model = build_model(family, len(classes), params.train)
     if paths.pretrained is not None and paths.pretrained.is_file():
-        model.load_backbone(paths.pretrained)
+        try:
+            model.load_backbone(paths.pretrained)
+        except BackboneError as error:
+            raise TrainError(f"{error} Family {family_name!r} has backbone {family.backbone!r}: rebuild the file "
+                             f"with `dvc repro pretrain@{family_name}`, or name another with --pretrained.") from None
     if params.train.compile != "none":
         model.compile(mode=params.train.compile)  # in place: the saved state_dict keys stay the same
     module = BirdModule(model, params.loss, family, params.train, file_targets,

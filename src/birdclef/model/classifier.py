@@ -16,6 +16,10 @@ from birdclef.model.frontend import MelFrontend
 from birdclef.model.head import AttentionHead, HeadOutput
 
 
+class BackboneError(ValueError):
+    """A weights file that is not a backbone of the expected architecture; names the file."""
+
+
 def build_backbone(name: str) -> nn.Module:
     """A timm CNN that maps (B, 1, F, T) to a one-item list holding its LAST feature map.
 
@@ -71,12 +75,40 @@ class BirdClassifier(nn.Module):
         return self.backbone.state_dict()
 
     def load_backbone(self, path: str | Path) -> None:
-        """Load a backbone-only state dict saved with ``torch.save(backbone_state_dict())``.
+        """Load backbone weights (``read_backbone_state``: the backbone part of any of our
+        weight files, or of the seed's).
 
-        Strict: a missing or unexpected key means a different architecture, which must fail.
+        Strict: a missing, unexpected or reshaped key means a different architecture, which
+        must fail, with a BackboneError that says how far off the file is.
         """
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_backbone_state(path)
+        expected = self.backbone.state_dict()
+        missing = [key for key in expected if key not in state]
+        unexpected = [key for key in state if key not in expected]
+        mismatched = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+        if missing or unexpected or mismatched:
+            raise BackboneError(f"{path} does not fit this backbone: {len(missing)} missing key(s) {missing[:3]}, "
+                                f"{len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} of another "
+                                f"shape {mismatched[:3]}.")
         self.backbone.load_state_dict(state, strict=True)
+
+
+def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The backbone's weights from a backbone-only state dict, a whole ``BirdClassifier``'s
+    (a trained fold's ``model.pt``) or a Lightning checkpoint (ours, or the seed's published
+    ones: ``BirdModule`` keeps the network as ``model``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged or foreign file
+        raise BackboneError(f"{path}: not a PyTorch weights file ({error}).") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = {str(key).removeprefix("model."): value for key, value in state["state_dict"].items()}
+    if isinstance(state, dict) and any(str(key).startswith("backbone.") for key in state):
+        state = {str(key).removeprefix("backbone."): value for key, value in state.items()
+                 if str(key).startswith("backbone.")}
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise BackboneError(f"{path}: expected a state dict of tensors (backbone weights).")
+    return state
 
 
 class ClipProbabilities(nn.Module):
