@@ -157,6 +157,7 @@ def test_train_command_names_a_weights_file_it_cannot_use(workspace):
                       "--params", str(params_file)], root, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert message in result.stderr and "backbone 'mobilenetv3_small_050'" in result.stderr
+        assert "weights_only" not in result.stderr  # not torch's advice to unpickle an untrusted file
         assert not run_paths.out.exists()
 
 

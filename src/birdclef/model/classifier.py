@@ -100,7 +100,7 @@ def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a damaged or foreign file
-        raise BackboneError(f"{path}: not a PyTorch weights file ({error}).") from None
+        raise BackboneError(f"{path}: not a PyTorch weights file of tensors only ({_load_failure(error)}).") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = {str(key).removeprefix("model."): value for key, value in state["state_dict"].items()}
     if isinstance(state, dict) and any(str(key).startswith("backbone.") for key in state):
@@ -121,3 +121,11 @@ class ClipProbabilities(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> (B, K) probabilities in [0, 1]."""
         return self.model(wave).clip_probs
+
+
+def _load_failure(error: Exception) -> str:
+    """torch.load's reason in one clause: its messages run to paragraphs of advice, some of
+    which (load with ``weights_only=False``) would run code from an untrusted file."""
+    text = str(error).split("WeightsUnpickler error:")[-1].strip()
+    reason = text.splitlines()[0].split(". ")[0] if text else ""
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
