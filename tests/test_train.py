@@ -165,6 +165,7 @@ def test_damaged_prepare_tables_are_named_with_the_fix(workspace, tmp_path):
     root, _ = workspace
     for name, content, reason in [("train.csv", "", "EmptyDataError"),
                                   ("train.csv", "key,primary_label\na,b\n", "no column(s) ['secondary_labels']"),
+                                  ("train.csv", "key,primary_label,secondary_labels\na,b,[\"c\"\n", "JSONDecodeError"),
                                   ("classes.json", "[\"a\",", "JSONDecodeError"),
                                   ("folds.csv", None, "FileNotFoundError")]:
         tables = tmp_path / name / reason

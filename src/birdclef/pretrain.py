@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader
 
 from birdclef import layout
 from birdclef.data import TrainingWindows, worker_count
-from birdclef.model import BackboneError
 from birdclef.outputs import write_atomically, write_json
 from birdclef.params import FamilyParams, Params
-from birdclef.train import BirdModule, TrainError, background_mixer, build_model, make_trainer
+from birdclef.train import (BirdModule, TrainError, background_mixer, build_model, load_starting_backbone,
+                            make_trainer)
 
 
 def prepare_backbone(params: Params, family_name: str, raw: Path, store: Path, out: Path, logs: Path) -> dict:
@@ -91,11 +91,8 @@ def published_backbone(params: Params, family_name: str, raw: Path) -> tuple[dic
                          f"{', '.join(present) or 'nothing'}.")
     family = params.family[family_name]
     model = build_model(family, 1, params.train)
-    try:
-        model.load_backbone(path)
-    except BackboneError as error:
-        raise TrainError(f"{error} Family {family_name!r} has backbone {family.backbone!r}: check "
-                         "family.<name>.backbone and pretrain.published, or download the file again.") from None
+    load_starting_backbone(model, path, family_name, family,
+                           "check family.<name>.backbone and pretrain.published, or download the file again.")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return model.backbone_state_dict(), {"file": name, "sha256": digest}
 

@@ -131,12 +131,24 @@ def read_tables(tables: Path):
         raise TableError(f"{path}: not the prepare stage's table ({reason}); rebuild {tables} with "
                          "`dvc repro prepare` (or `birdclef prepare`).")
 
-    table = read("train.csv", lambda path: pd.read_csv(path, keep_default_na=False),
-                 ("key", "primary_label", "secondary_labels"))
-    table["secondary_labels"] = read("train.csv", lambda _: [json.loads(text) for text in table["secondary_labels"]])
+    def read_training_table(path: Path):
+        table = pd.read_csv(path, keep_default_na=False)
+        if "secondary_labels" in table.columns:  # a missing column is reported by read()
+            table["secondary_labels"] = table["secondary_labels"].map(json.loads)
+        return table
+
+    table = read("train.csv", read_training_table, ("key", "primary_label", "secondary_labels"))
     classes = read("classes.json", lambda path: json.loads(path.read_text()))
     folds = read("folds.csv", pd.read_csv, ("variant", "fold", "subset", "row"))
     return table, classes, folds
+
+
+def load_starting_backbone(model: BirdClassifier, path: Path, family_name: str, family: FamilyParams, fix: str) -> None:
+    """Load ``path`` into ``model``'s backbone; a file that does not fit is a TrainError naming the family and fix."""
+    try:
+        model.load_backbone(path)
+    except BackboneError as error:
+        raise TrainError(f"{error} Family {family_name!r} has backbone {family.backbone!r}: {fix}") from None
 
 
 def fold_rows(folds, variant: str, fold: int, subset: str) -> list[int]:
@@ -273,11 +285,9 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
                          "of other species or lower prepare.n_folds.")
     model = build_model(family, len(classes), params.train)
     if paths.pretrained is not None and paths.pretrained.is_file():
-        try:
-            model.load_backbone(paths.pretrained)
-        except BackboneError as error:
-            raise TrainError(f"{error} Family {family_name!r} has backbone {family.backbone!r}: rebuild the file "
-                             f"with `dvc repro pretrain@{family_name}`, or name another with --pretrained.") from None
+        load_starting_backbone(model, paths.pretrained, family_name, family,
+                               f"rebuild the file with `dvc repro pretrain@{family_name}`, or name another with "
+                               "--pretrained.")
     if params.train.compile != "none":
         model.compile(mode=params.train.compile)  # in place: the saved state_dict keys stay the same
     module = BirdModule(model, params.loss, family, params.train, file_targets,
