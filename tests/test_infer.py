@@ -160,6 +160,33 @@ def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
     assert len(pd.read_csv(tmp_path / "raven" / "sub__d.selections.txt", sep="\t")) == len(CLASSES)
 
 
+def test_an_interrupted_predict_leaves_the_previous_csv_and_no_tables(exports, tmp_path):
+    for name in ("a.wav", "b.wav", "c.wav"):
+        write_audio(tmp_path / "in" / name, tone(2000, 6.0, 32000), 32000)
+    out = tmp_path / "p.csv"
+    out.write_text("an earlier run\n")
+    ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0}, threads=1)
+
+    class InterruptedOnTheLastFile:  # Ctrl-C while the third recording is scored
+        classes = ensemble.classes
+
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, windows):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return ensemble(windows)
+
+    with pytest.raises(KeyboardInterrupt):
+        predict([tmp_path / "in"], InterruptedOnTheLastFile(), out, 5.0, 32000, raven=tmp_path / "raven", threshold=0)
+    assert out.read_text() == "an earlier run\n" and not (tmp_path / "raven").exists()
+    predict([tmp_path / "in"], ensemble, out, 5.0, 32000, raven=tmp_path / "raven", threshold=0)
+    assert sorted(path.name for path in (tmp_path / "raven").iterdir()) == [
+        f"{name}.selections.txt" for name in "abc"]
+
+
 def test_raven_tables_are_one_per_recording_or_refused(tmp_path):
     for name in ("site1/x.wav", "site2/x.wav", "x.wav", "other/x.wav"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

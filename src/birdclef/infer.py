@@ -152,7 +152,10 @@ def find_audio(inputs: list[Path]) -> list[Path]:
 def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_seconds: float, sample_rate: int,
             top_n: int = 0, raven: Path | None = None, threshold: float = 0.5) -> dict:
     """Score every 5-s window of the given recordings. Files that cannot be scored are skipped
-    and listed with the reason (``skipped``: path -> reason); when none can, nothing is written."""
+    and listed with the reason (``skipped``: path -> reason); when none can, nothing is written.
+
+    ``out`` and the Raven tables are written once every file is scored, so an interrupted run
+    leaves no tables of some files beside the previous CSV."""
     import warnings
 
     import pandas as pd
@@ -164,7 +167,7 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
     skipped = {}
     tables = raven_tables(audio, inputs) if raven is not None else {}
     window = round(window_seconds * sample_rate)
-    frames = []
+    frames = {}
     with progress_bar("predict", len(audio)) as advance:
         for path, recording in read_ahead(audio, sample_rate):
             advance(1)
@@ -179,13 +182,14 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
             frame.insert(1, "start_s", np.arange(len(windows)) * window_seconds)
             frame.insert(2, "end_s", np.minimum((np.arange(len(windows)) + 1) * window_seconds,
                                                 len(recording.wave) / sample_rate).round(3))
-            frames.append(frame)
-            if raven is not None:
-                _write_raven(frame, ensemble.classes, raven / tables[path], threshold, sample_rate / 2)
+            frames[path] = frame
     if not frames:
         raise InferError(f"no file could be scored, {out} not written:\n  " + "\n  ".join(skipped.values()))
-    write_scores(pd.concat(frames, ignore_index=True), out)
-    return {"files": len(frames), "windows": sum(len(f) for f in frames), "skipped": skipped}
+    write_scores(pd.concat(frames.values(), ignore_index=True), out)
+    if raven is not None:
+        for path, frame in frames.items():
+            _write_raven(frame, ensemble.classes, raven / tables[path], threshold, sample_rate / 2)
+    return {"files": len(frames), "windows": sum(len(f) for f in frames.values()), "skipped": skipped}
 
 
 def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
