@@ -69,9 +69,10 @@ def write_raw_dataset(root: Path, files_per_label: int = 2) -> Path:
     return root
 
 
-def run(args, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command, failing the test with its output when it fails."""
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+def run(args, cwd: Path, env: dict | None = None, check: bool = True, **options) -> subprocess.CompletedProcess:
+    """Run a command (``options``: more of ``subprocess.run``'s), failing the test with its output
+    when it fails."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **options)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(map(str, args))} exited {result.returncode}\n"
                     f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -187,6 +187,15 @@ def test_an_interrupted_predict_leaves_the_previous_csv_and_no_tables(exports, t
         f"{name}.selections.txt" for name in "abc"]
 
 
+def test_a_folder_where_a_raven_table_goes_is_refused_before_the_scoring(tmp_path):
+    write_audio(tmp_path / "in" / "a.wav", tone(1000, 6.0, 32000), 32000)
+    (tmp_path / "raven" / "a.selections.txt").mkdir(parents=True)
+    no_ensemble = None  # scoring would fail on it with a TypeError, not the InferError expected
+    with pytest.raises(InferError, match=r"raven/a.selections.txt is a folder, where the Raven table of .*in/a.wav"):
+        predict([tmp_path / "in"], no_ensemble, tmp_path / "p.csv", 5.0, 32000, raven=tmp_path / "raven")
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_raven_tables_are_one_per_recording_or_refused(tmp_path):
     for name in ("site1/x.wav", "site2/x.wav", "x.wav", "other/x.wav"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +227,7 @@ def test_predict_writes_nothing_when_no_file_can_be_scored(exports, tmp_path):
     assert out.read_text() == "an earlier run\n" and not (tmp_path / "raven").exists()
 
 
-def predict_command(exports, tmp_path, *args, check=True):
+def predict_command(exports, tmp_path, *args, check=True, **options):
     import yaml
 
     params = tmp_path / "params.yaml"
@@ -227,7 +236,33 @@ def predict_command(exports, tmp_path, *args, check=True):
     params.write_text(yaml.safe_dump(values))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return run([python(), "-m", "birdclef", "predict", *map(str, args), "--exports", str(exports),
-                "--params", str(params)], tmp_path, env, check)
+                "--params", str(params)], tmp_path, env, check, **options)
+
+
+def test_a_full_disk_leaves_the_previous_csv_and_tables(exports, tmp_path):
+    import resource
+
+    write_audio(tmp_path / "in" / "a.wav", tone(1000, 6.0, 32000), 32000)
+    write_audio(tmp_path / "in" / "b.wav", tone(2000, 120.0, 32000), 32000)
+    write_audio(tmp_path / "in" / "c.wav", tone(3000, 6.0, 32000), 32000)
+    predict_command(exports, tmp_path, "in", "-o", "full.csv", "--raven", "full", "--threshold", "0")
+    sizes = {path.name: path.stat().st_size for path in [tmp_path / "full.csv", *(tmp_path / "full").iterdir()]}
+    largest = sizes.pop("b.selections.txt")  # a file limit below it: the disk fills up at b's table
+    assert max(sizes.values()) < largest - 1
+    (tmp_path / "raven").mkdir()
+    (tmp_path / "raven" / "a.selections.txt").write_text("an earlier table\n")
+    (tmp_path / "p.csv").write_text("an earlier run\n")
+
+    def fill_up_at_b():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (largest - 1, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    result = predict_command(exports, tmp_path, "in", "-o", "p.csv", "--raven", "raven", "--threshold", "0",
+                             check=False, preexec_fn=fill_up_at_b)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "cannot write raven/b.selections.txt: File too large; none of the 4 output files" in result.stderr
+    assert (tmp_path / "p.csv").read_text() == "an earlier run\n"
+    assert [path.name for path in (tmp_path / "raven").iterdir()] == ["a.selections.txt"]
+    assert (tmp_path / "raven" / "a.selections.txt").read_text() == "an earlier table\n"
 
 
 def test_predict_command_line(exports, tmp_path):

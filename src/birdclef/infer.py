@@ -9,8 +9,11 @@ windows in the same soundscape. Decoding runs in a background thread while OpenV
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +22,7 @@ import numpy as np
 from birdclef import layout
 from birdclef.audio import AudioError, decode
 from birdclef.data import split_windows
-from birdclef.outputs import write_atomically, write_json, write_scores
+from birdclef.outputs import SCORE_FORMAT, write_json, write_scores
 from birdclef.progress import progress_bar
 from birdclef.tables import read_csv
 
@@ -154,8 +157,9 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
     """Score every 5-s window of the given recordings. Files that cannot be scored are skipped
     and listed with the reason (``skipped``: path -> reason); when none can, nothing is written.
 
-    ``out`` and the Raven tables are written once every file is scored, so an interrupted run
-    leaves no tables of some files beside the previous CSV."""
+    ``out`` and the Raven tables are written together once every file is scored
+    (``_write_all_or_none``): an interrupted run, or a disk that fills up while they are
+    written, leaves the previous CSV and tables, never new tables of some files beside them."""
     import warnings
 
     import pandas as pd
@@ -165,7 +169,11 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
     if not audio:
         raise InferError(f"no audio files ({', '.join(layout.AUDIO_SUFFIXES)}) in {', '.join(map(str, inputs))}.")
     skipped = {}
-    tables = raven_tables(audio, inputs) if raven is not None else {}
+    tables = {path: raven / name for path, name in raven_tables(audio, inputs).items()} if raven is not None else {}
+    for path, table in tables.items():  # refused before the scoring, not after it
+        if table.is_dir():
+            raise InferError(f"{table} is a folder, where the Raven table of {path} goes: move it, "
+                             "or name another Raven folder.")
     window = round(window_seconds * sample_rate)
     frames = {}
     with progress_bar("predict", len(audio)) as advance:
@@ -185,10 +193,12 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
             frames[path] = frame
     if not frames:
         raise InferError(f"no file could be scored, {out} not written:\n  " + "\n  ".join(skipped.values()))
-    write_scores(pd.concat(frames.values(), ignore_index=True), out)
-    if raven is not None:
-        for path, frame in frames.items():
-            _write_raven(frame, ensemble.classes, raven / tables[path], threshold, sample_rate / 2)
+    scored = pd.concat(frames.values(), ignore_index=True)
+    writes = {out: lambda tmp: scored.to_csv(tmp, index=False, float_format=SCORE_FORMAT)}
+    for path, frame in frames.items():
+        if path in tables:
+            writes[tables[path]] = partial(_write_raven, frame, ensemble.classes, threshold, sample_rate / 2)
+    _write_all_or_none(writes)
     return {"files": len(frames), "windows": sum(len(f) for f in frames.values()), "skipped": skipped}
 
 
@@ -209,7 +219,29 @@ def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
     return names
 
 
-def _write_raven(frame, classes: list[str], path: Path, threshold: float, high_hz: float) -> None:
+def _write_all_or_none(writes: dict[Path, Callable[[Path], object]]) -> None:
+    """Call each ``write`` on a temporary sibling of its path, then rename them all in.
+
+    A write that fails (a full disk, Ctrl-C) replaces none of the files; the renames that
+    follow need no space and take microseconds."""
+    written = {}
+    try:
+        for path, write in writes.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written[path] = path.with_name(path.name + ".tmp")
+            write(written[path])
+    except BaseException as error:
+        for tmp in written.values():
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise InferError(f"cannot write {path}: {error.strerror or error}; none of the {len(writes)} "
+                             "output files was written, the earlier ones are as they were.") from error
+        raise
+    for path, tmp in written.items():
+        os.replace(tmp, path)
+
+
+def _write_raven(frame, classes: list[str], threshold: float, high_hz: float, path: Path) -> None:
     """A Raven selection table: one selection per window and species scoring >= threshold."""
     import pandas as pd
 
@@ -223,4 +255,4 @@ def _write_raven(frame, classes: list[str], path: Path, threshold: float, high_h
     table = pd.DataFrame(records, columns=["View", "Channel", "Begin Time (s)", "End Time (s)",
                                            "Low Freq (Hz)", "High Freq (Hz)", "Species", "Score"])
     table.insert(0, "Selection", np.arange(1, len(table) + 1))
-    write_atomically(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    table.to_csv(path, sep="\t", index=False)
