@@ -9,9 +9,7 @@ windows in the same soundscape. Decoding runs in a background thread while OpenV
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 from birdclef import layout
 from birdclef.audio import AudioError, decode
 from birdclef.data import split_windows
-from birdclef.outputs import SCORE_FORMAT, write_json, write_scores
+from birdclef.outputs import scores_to_csv, write_json, write_scores, write_together
 from birdclef.progress import progress_bar
 from birdclef.tables import read_csv
 
@@ -158,7 +156,7 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
     and listed with the reason (``skipped``: path -> reason); when none can, nothing is written.
 
     ``out`` and the Raven tables are written together once every file is scored
-    (``_write_all_or_none``): an interrupted run, or a disk that fills up while they are
+    (``outputs.write_together``): an interrupted run, or a disk that fills up while they are
     written, leaves the previous CSV and tables, never new tables of some files beside them."""
     import warnings
 
@@ -193,12 +191,15 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
             frames[path] = frame
     if not frames:
         raise InferError(f"no file could be scored, {out} not written:\n  " + "\n  ".join(skipped.values()))
-    scored = pd.concat(frames.values(), ignore_index=True)
-    writes = {out: lambda tmp: scored.to_csv(tmp, index=False, float_format=SCORE_FORMAT)}
+    writes = {out: partial(scores_to_csv, pd.concat(frames.values(), ignore_index=True))}
     for path, frame in frames.items():
         if path in tables:
             writes[tables[path]] = partial(_write_raven, frame, ensemble.classes, threshold, sample_rate / 2)
-    _write_all_or_none(writes)
+    try:
+        write_together(writes)
+    except OSError as error:
+        raise InferError(f"cannot write {error.filename}: {error.strerror or error}; none of the {len(writes)} "
+                         "output files was written, the earlier ones are as they were.") from error
     return {"files": len(frames), "windows": sum(len(f) for f in frames.values()), "skipped": skipped}
 
 
@@ -217,28 +218,6 @@ def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
                              "give their common parent folder instead, or rename one.")
         names[path], owners[name] = name, path
     return names
-
-
-def _write_all_or_none(writes: dict[Path, Callable[[Path], object]]) -> None:
-    """Call each ``write`` on a temporary sibling of its path, then rename them all in.
-
-    A write that fails (a full disk, Ctrl-C) replaces none of the files; the renames that
-    follow need no space and take microseconds."""
-    written = {}
-    try:
-        for path, write in writes.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            written[path] = path.with_name(path.name + ".tmp")
-            write(written[path])
-    except BaseException as error:
-        for tmp in written.values():
-            tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise InferError(f"cannot write {path}: {error.strerror or error}; none of the {len(writes)} "
-                             "output files was written, the earlier ones are as they were.") from error
-        raise
-    for path, tmp in written.items():
-        os.replace(tmp, path)
 
 
 def _write_raven(frame, classes: list[str], threshold: float, high_hz: float, path: Path) -> None:

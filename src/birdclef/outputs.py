@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 # Nine significant digits read every float32 score back exactly. Fixed decimals would not:
@@ -38,14 +39,30 @@ def check_output_path(path: Path, folder: bool = False) -> Path:
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write`` on a temporary sibling of ``path``, then rename it over ``path``: a
     failed or killed run leaves the old file or none, never half of one."""
-    path = check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    write_together({path: write})
+
+
+def write_together(writes: dict[Path, Callable[[Path], object]]) -> None:
+    """Call each ``write`` on a temporary sibling of its path, then rename them all in: a write
+    that fails (a full disk, Ctrl-C) replaces none of the files; the renames need no space.
+
+    An ``OSError`` that names no file (a full disk) is given the path being written."""
+    paths = [check_output_path(path) for path in writes]
+    started = []
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path, write in zip(paths, writes.values()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            started.append(path.with_name(path.name + ".tmp"))
+            try:
+                write(started[-1])
+            except OSError as error:
+                error.filename = error.filename or str(path)
+                raise
+        for path, tmp in zip(paths, started):
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in started:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -103,4 +120,9 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_scores(frame, path: Path) -> None:
     """A table of scores (pandas), as CSV, at ``SCORE_FORMAT``."""
-    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False, float_format=SCORE_FORMAT))
+    write_atomically(path, partial(scores_to_csv, frame))
+
+
+def scores_to_csv(frame, path: Path) -> None:
+    """``write_scores``'s CSV, written straight to ``path`` (for ``write_together``)."""
+    frame.to_csv(path, index=False, float_format=SCORE_FORMAT)
