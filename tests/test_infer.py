@@ -263,6 +263,10 @@ def test_a_full_disk_leaves_the_previous_csv_and_tables(exports, tmp_path):
     assert (tmp_path / "p.csv").read_text() == "an earlier run\n"
     assert [path.name for path in (tmp_path / "raven").iterdir()] == ["a.selections.txt"]
     assert (tmp_path / "raven" / "a.selections.txt").read_text() == "an earlier table\n"
+    result = predict_command(exports, tmp_path, "in", "-o", "p.csv", "--raven", "new/raven", "--threshold", "0",
+                             check=False, preexec_fn=fill_up_at_b)
+    assert "cannot write new/raven/b.selections.txt: File too large" in result.stderr
+    assert not (tmp_path / "new").exists()  # the folders made for the tables go with them
 
 
 def test_predict_command_line(exports, tmp_path):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from birdclef.outputs import OutputError, folder_written_atomically, write_atomically, write_scores
+from birdclef.outputs import OutputError, folder_written_atomically, write_atomically, write_scores, write_together
 
 
 def test_scores_read_back_exactly_so_faint_classes_keep_their_order(tmp_path):
@@ -34,6 +34,26 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["infer.json"]
     write_atomically(path, lambda tmp: tmp.write_text("new"))
     assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["infer.json"]
+
+
+def test_a_failed_set_of_writes_removes_the_folders_it_made_and_keeps_the_others(tmp_path):
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "a.txt").write_text("earlier")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    writes = {tmp_path / "tables" / "new" / "deep" / "b.txt": lambda tmp: tmp.write_text("b"),
+              tmp_path / "tables" / "new" / "c.txt": lambda tmp: tmp.write_text("c"),
+              tmp_path / "fresh" / "d.txt": fail}
+    with pytest.raises(OSError, match="No space left on device") as error:
+        write_together(writes)
+    assert error.value.filename == str(tmp_path / "fresh" / "d.txt")
+    assert _tree(tmp_path) == {"tables/a.txt": "earlier"} and sorted(p.name for p in tmp_path.iterdir()) == ["tables"]
+    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["a.txt"]
+    write_together({path: write for path, write in writes.items() if write is not fail})
+    assert _tree(tmp_path) == {"tables/a.txt": "earlier", "tables/new/deep/b.txt": "b", "tables/new/c.txt": "c"}
 
 
 def _tree(folder):

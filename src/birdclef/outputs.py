@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
@@ -44,13 +44,15 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 def write_together(writes: dict[Path, Callable[[Path], object]]) -> None:
     """Call each ``write`` on a temporary sibling of its path, then rename them all in: a write
-    that fails (a full disk, Ctrl-C) replaces none of the files; the renames need no space.
+    that fails (a full disk, Ctrl-C) replaces none of the files, and the folders made for them
+    go again; the renames need no space.
 
     An ``OSError`` that names no file (a full disk) is given the path being written."""
     paths = [check_output_path(path) for path in writes]
-    started = []
+    started, made = [], []
     try:
         for path, write in zip(paths, writes.values()):
+            made += reversed([folder for folder in (path.parent, *path.parent.parents) if not folder.exists()])
             path.parent.mkdir(parents=True, exist_ok=True)
             started.append(path.with_name(path.name + ".tmp"))
             try:
@@ -63,6 +65,9 @@ def write_together(writes: dict[Path, Callable[[Path], object]]) -> None:
     except BaseException:
         for tmp in started:
             tmp.unlink(missing_ok=True)
+        for folder in reversed(made):  # deepest first; one that something else wrote into stays
+            with suppress(OSError):
+                folder.rmdir()
         raise
 
 
