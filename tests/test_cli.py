@@ -40,8 +40,9 @@ def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p["precompute"].update(dtype="int8"), "'precompute.dtype' is 'int8'; use one of float16, float32"),
-    (lambda p: p["audio"].update(sample_rat=1), "bad value at 'audio.sample_rat'"),
-    (lambda p: p["precompute"].pop("workers"), "missing mandatory value: workers"),
+    (lambda p: p["audio"].update(sample_rat=1), "unknown key 'audio.sample_rat'; check its spelling"),
+    (lambda p: p["precompute"].pop("workers"), "'precompute.workers' is missing; regenerate the file"),
+    (lambda p: p.clear(), "'seed' is missing"),
     (lambda p: p.update(seed="x"), "bad value at 'seed'"),
     (lambda p: p["train"].update(compile="cudagraphs"), "'train.compile' is 'cudagraphs'; use one of none, default, "
                                                         "reduce-overhead, max-autotune"),

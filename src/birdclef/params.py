@@ -200,7 +200,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise ``ParamsError`` naming the bad key."""
     import yaml
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
     path = Path(path)
     if path.is_dir():
@@ -210,6 +210,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Params), OmegaConf.load(path))
         params = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as error:
+        raise ParamsError(f"{path}: '{error.full_key}' is missing; regenerate the file from conf/ or add the key "
+                          "(the README's Parameters table).") from None
+    except ConfigKeyError as error:
+        raise ParamsError(f"{path}: unknown key '{error.full_key}'; check its spelling against conf/.") from None
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         raise ParamsError(f"{path}: bad value at '{key}': {str(error.msg).splitlines()[0]}") from None
