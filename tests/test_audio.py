@@ -55,7 +55,7 @@ def test_corrupt_file_names_the_file(tmp_path):
 def test_empty_files_are_rejected(tmp_path):
     zero_bytes = tmp_path / "zero.wav"
     zero_bytes.write_bytes(b"")
-    with pytest.raises(AudioError, match="zero.wav"):
+    with pytest.raises(AudioError, match=r"zero.wav: empty file \(0 bytes\); delete or replace it"):
         decode(zero_bytes)
     no_frames = write_audio(tmp_path / "silent.wav", np.zeros(0, dtype=np.float32), 32000)
     with pytest.raises(AudioError, match="silent.wav: contains no samples"):
@@ -70,3 +70,13 @@ def test_truncated_file_fails_naming_it(tmp_path):
     with pytest.raises(AudioError, match="cut.ogg: contains no samples"):
         decode(path)
 
+
+
+def test_a_file_that_cannot_be_opened_says_why_not_that_it_is_corrupt(tmp_path):
+    (tmp_path / "broken.wav").symlink_to(tmp_path / "moved_away.wav")
+    with pytest.raises(AudioError, match=r"broken.wav: cannot open it \(No such file or directory\); check the "
+                                         r"path \(a broken link\?\)"):
+        decode(tmp_path / "broken.wav")
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(AudioError, match=r"folder.wav: cannot open it \(Is a directory\)"):
+        decode(tmp_path / "folder.wav")

@@ -142,6 +142,7 @@ def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
     for name, (rate, channels, seconds) in cases.items():
         write_audio(recordings / name, tone(3000, seconds, rate, channels=channels), rate)
     (recordings / "broken.ogg").write_bytes(b"OggS not really")
+    (recordings / "folder.wav").mkdir()  # not audio, whatever its name: neither scored nor skipped
     ensemble = load_ensemble(exports, ["eca"], {"eca": 1.0}, threads=1)
     with pytest.warns(UserWarning, match="broken.ogg"):
         summary = predict([recordings], ensemble, tmp_path / "out.csv", 5.0, 32000,
@@ -276,7 +277,7 @@ def test_predict_command_line(exports, tmp_path):
     result = predict_command(exports, tmp_path, tmp_path / "x.wav", tmp_path / "bad.mp3", tmp_path / "notes.txt",
                              "-o", tmp_path / "p.csv", "--threads", "1")
     assert "1 files, 2 windows" in result.stdout and "2 skipped" in result.stdout
-    assert f"skipped: {tmp_path / 'bad.mp3'}: cannot decode" in result.stderr
+    assert f"skipped: {tmp_path / 'bad.mp3'}: empty file (0 bytes)" in result.stderr
     assert f"skipped: {tmp_path / 'notes.txt'}: cannot decode" in result.stderr
 
 
@@ -286,16 +287,39 @@ def test_predict_command_line(exports, tmp_path):
     (["x.wav", "-o", "x.wav/p.csv"], "error: --out x.wav/p.csv: x.wav is a file, so no folder can hold p.csv"),
     (["x.wav", "--threads", "-2"], "Invalid value for '--threads'"),
     (["x.wav", "--top-n", "-3"], "Invalid value for '--top-n'"),
-    (["bad.mp3"], "error: no file could be scored, p.csv not written:\n  bad.mp3: cannot decode"),
+    (["bad.mp3"], "error: no file could be scored, p.csv not written:\n  bad.mp3: empty file (0 bytes)"),
+    (["x.wav", "-o", "x.wav"], "error: x.wav is one of the recordings to score, and the output would replace it"),
 ])
 def test_predict_command_line_refuses_bad_input(exports, tmp_path, args, message):
     write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)
     (tmp_path / "bad.mp3").write_bytes(b"")
     (tmp_path / "folder").mkdir()
     (tmp_path / "p.csv").write_text("an earlier run\n")
+    recording = (tmp_path / "x.wav").read_bytes()
     result = predict_command(exports, tmp_path, *args, *([] if "-o" in args else ["-o", "p.csv"]), check=False)
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
     assert "->" not in result.stdout
-    assert (tmp_path / "p.csv").read_text() == "an earlier run\n"
+    assert (tmp_path / "p.csv").read_text() == "an earlier run\n" and (tmp_path / "x.wav").read_bytes() == recording
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.mp3", "folder", "p.csv", "params.yaml", "x.wav"]
     assert not any((tmp_path / "folder").iterdir())
+
+
+def test_a_wrong_or_damaged_export_folder_is_named_with_the_fix(exports, tmp_path):
+    import shutil
+
+    write_audio(tmp_path / "x.wav", tone(1000, 6.0, 32000), 32000)
+    fix = "the export is damaged or incomplete: run `dvc repro export`"
+    cases = {"cut.bin": ("model.bin", lambda data: data[:1000],
+                         f"OpenVINO cannot read model.xml + model.bin (Incorrect weights in bin file!); {fix}"),
+             "cut.json": ("export.json", lambda data: data[:10], "export.json: unreadable (")}
+    for name, (damaged, cut, message) in cases.items():
+        copy = tmp_path / name
+        shutil.copytree(exports, copy)
+        (copy / "eca" / damaged).write_bytes(cut((copy / "eca" / damaged).read_bytes()))
+        result = predict_command(copy, tmp_path, "x.wav", check=False)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(InferError, match=r"eca is one family's export; name the folder above it"):
+        load_ensemble(exports / "eca", ["eca"], {"eca": 1.0})
+    with pytest.raises(InferError, match=r"x.wav is not a folder; name the folder that holds one export per family"):
+        load_ensemble(tmp_path / "x.wav", ["eca"], {"eca": 1.0})
+    assert not (tmp_path / "predictions.csv").exists()

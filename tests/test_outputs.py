@@ -1,11 +1,15 @@
 """Stage outputs: scores written at float32 precision, files replaced whole or not at all."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from birdclef.outputs import OutputError, folder_written_atomically, write_atomically, write_scores, write_together
+from birdclef.outputs import (OutputError, check_output_path, folder_written_atomically, write_atomically,
+                              write_scores, write_together)
 
 
 def test_scores_read_back_exactly_so_faint_classes_keep_their_order(tmp_path):
@@ -116,6 +120,34 @@ def test_a_path_no_file_can_be_written_to_is_refused_and_leaves_nothing(tmp_path
         write_atomically(tmp_path / "notes.txt" / "sub" / "out.csv", lambda tmp: tmp.write_text("x"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["folder", "notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == "mine" and not any((tmp_path / "folder").iterdir())
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder that takes no new file: read-only by its mode, or /sys for root, whom modes do not stop."""
+    if os.geteuid() == 0:
+        yield Path("/sys")
+        return
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_a_folder_that_takes_no_new_file_is_refused_before_the_work(unwritable_folder):
+    for path, folder in [(unwritable_folder / "out.csv", False), (unwritable_folder / "new" / "out.csv", False),
+                         (unwritable_folder / "raven", True), (unwritable_folder, True)]:
+        with pytest.raises(OutputError, match=rf"{path}: cannot write in {unwritable_folder} \(.+\); name a path"):
+            check_output_path(path, folder)
+    assert not (unwritable_folder / "out.csv").exists() and not (unwritable_folder / "new").exists()
+
+
+def test_a_failed_write_names_the_output_not_its_temporary(tmp_path):
+    (tmp_path / "out.csv.tmp").mkdir()  # left by something else: the write cannot open its temporary
+    with pytest.raises(IsADirectoryError) as error:
+        write_atomically(tmp_path / "out.csv", lambda tmp: tmp.write_text("x"))
+    assert error.value.filename == str(tmp_path / "out.csv")
 
 
 def test_a_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):

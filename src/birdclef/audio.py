@@ -32,6 +32,14 @@ def decode(path: str | Path, sample_rate: int = 32000) -> Recording:
     import soxr
 
     path = Path(path)
+    try:  # libsndfile words a missing, unreadable or empty file as a format problem
+        with path.open("rb") as handle:
+            empty = not handle.read(1)
+    except OSError as error:
+        raise AudioError(f"{path}: cannot open it ({error.strerror}); check the path (a broken link?) "
+                         "and its permissions.") from None
+    if empty:
+        raise AudioError(f"{path}: empty file (0 bytes); delete or replace it.")
     try:
         info = sf.info(str(path))
         if info.subtype == "OPUS":

@@ -372,8 +372,7 @@ def join_families(folders: list[Path], weights: list[float] | None = None):
                                   "share one front end and one output.")
     if any(not info.get("spectrogram_tensor") for info in infos):
         raise ExportError(f"{folders}: an export without a known spectrogram tensor; re-run `dvc repro export`.")
-    core = ov.Core()
-    models = [core.read_model(str(Path(folder) / "model.xml")) for folder in folders]
+    models = [_read_model(ov.Core(), Path(folder)) for folder in folders]
     shared = _find_output(models[0], infos[0]["spectrogram_tensor"])
     (wave,) = models[0].get_parameters()
     outputs = [models[0].get_results()[0].input_value(0)]
@@ -402,11 +401,26 @@ def join_families(folders: list[Path], weights: list[float] | None = None):
     return ov.Model([ops.result(total)], models[0].get_parameters(), "ensemble"), infos
 
 
+DAMAGED = "the export is damaged or incomplete: run `dvc repro export` (or `dvc pull models/export`) again."
+
+
 def _read_info(folder: Path) -> dict:
     if not (folder / "model.xml").is_file() or not (folder / "export.json").is_file():
         raise FileNotFoundError(f"{folder}: no exported model (model.xml + export.json); "
                                 "run `dvc repro export` first.")
-    return json.loads((folder / "export.json").read_text())
+    try:
+        return json.loads((folder / "export.json").read_text())
+    except (ValueError, OSError) as error:
+        raise ExportError(f"{folder / 'export.json'}: unreadable ({error}); {DAMAGED}") from None
+
+
+def _read_model(core, folder: Path):
+    try:
+        return core.read_model(str(folder / "model.xml"))
+    except RuntimeError as error:  # OpenVINO's only exception type: a truncated .bin, a garbled .xml
+        reason = [line.strip() for line in str(error).splitlines() if line.strip()]  # last: the cause
+        raise ExportError(f"{folder}: OpenVINO cannot read model.xml + model.bin ({reason[-1] if reason else error}); "
+                          f"{DAMAGED}") from None
 
 
 class ExportedEnsemble:

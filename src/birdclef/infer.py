@@ -59,6 +59,12 @@ def load_ensemble(exports: Path, families: list[str], weights: dict[str, float],
     missing = [family for family in families if family not in weights]
     if missing:
         raise InferError(f"infer.family_weights has no weight for {missing}.")
+    if not exports.is_dir():
+        raise InferError(f"{exports} is not a folder; name the folder that holds one export per family "
+                         f"({', '.join(families)}), models/export after `dvc repro`.")
+    if (exports / "model.xml").is_file():
+        raise InferError(f"{exports} is one family's export; name the folder above it, which holds one per "
+                         f"family ({', '.join(families)}).")
     ensemble = ExportedEnsemble([exports / family for family in families], threads, precision, streams,
                                 [weights[family] for family in families], batch)
     if audio is not None and (ensemble.sample_rate, ensemble.window_samples) != (audio.sample_rate,
@@ -138,8 +144,8 @@ def find_audio(inputs: list[Path]) -> list[Path]:
     found = []
     for item in inputs:
         item = Path(item)
-        if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in layout.AUDIO_SUFFIXES)
+        if item.is_dir():  # a folder named like audio is no recording; a broken link is reported
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in layout.AUDIO_SUFFIXES and not p.is_dir())
         elif item.exists():
             found.append(item)
         else:
@@ -172,6 +178,11 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
         if table.is_dir():
             raise InferError(f"{table} is a folder, where the Raven table of {path} goes: move it, "
                              "or name another Raven folder.")
+    recordings = {path.resolve() for path in audio}
+    for target in (out, *tables.values()):
+        if target.resolve() in recordings:
+            raise InferError(f"{target} is one of the recordings to score, and the output would replace it: "
+                             "name another output path.")
     window = round(window_seconds * sample_rate)
     frames = {}
     with progress_bar("predict", len(audio)) as advance:

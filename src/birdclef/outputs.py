@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
@@ -23,7 +24,7 @@ class OutputError(ValueError):
 
 def check_output_path(path: Path, folder: bool = False) -> Path:
     """``path``, if a file (or with ``folder``, a folder) can be written there: not the other
-    kind already, and no file where a parent folder must be.
+    kind already, no file where a parent folder must be, and a folder that takes new files.
 
     Commands call it on their output options before the work, so a wrong path costs nothing.
     """
@@ -33,6 +34,12 @@ def check_output_path(path: Path, folder: bool = False) -> Path:
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise OutputError(f"{path}: {blocking} is a file, so no folder can hold {path.name}; name another path.")
+    nearest = next(parent for parent in ((path, *path.parents) if folder else path.parents) if parent.exists())
+    try:  # a real file, not os.access: root passes access() where the file system still refuses
+        tempfile.TemporaryFile(dir=nearest).close()
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write in {nearest} ({error.strerror}); "
+                          "name a path you can write to.") from None
     return path
 
 
@@ -57,14 +64,16 @@ def write_together(writes: dict[Path, Callable[[Path], object]]) -> None:
             started.append(path.with_name(path.name + ".tmp"))
             try:
                 write(started[-1])
-            except OSError as error:
-                error.filename = error.filename or str(path)
+            except OSError as error:  # name the user's path, not the temporary one
+                if error.filename in (None, str(started[-1])):
+                    error.filename = str(path)
                 raise
         for path, tmp in zip(paths, started):
             os.replace(tmp, path)
     except BaseException:
         for tmp in started:
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):  # e.g. a folder in its place: the error to show is the first one
+                tmp.unlink(missing_ok=True)
         for folder in reversed(made):  # deepest first; one that something else wrote into stays
             with suppress(OSError):
                 folder.rmdir()
