@@ -67,7 +67,8 @@ def corpus_backbone(params: Params, family_name: str, raw: Path, store: Path, lo
     pretrain_family = FamilyParams(**{**family.__dict__, "lr": params.pretrain.lr})
     model = build_model(family, len(classes), params.train)
     module = BirdModule(model, params.loss, pretrain_family, params.train)
-    # The seed's pretraining used no class-weighted sampler: a plain shuffle.
+    # No class-weighted sampler, as the seed's pretraining; it read a once-shuffled table in the same
+    # order every epoch, this reshuffles each epoch (README, "What differs from the seed").
     workers = worker_count(params.train.num_workers)
     loader = DataLoader(training, batch_size=params.train.batch_size, drop_last=True, num_workers=workers,
                         shuffle=True, generator=torch.Generator().manual_seed(params.seed),
