@@ -138,7 +138,7 @@ def test_predict_rescales_each_file_on_its_own(exports, tmp_path):
 def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
     recordings = tmp_path / "recordings"
     cases = {"a.wav": (22050, 1, 7.0), "b.ogg": (44100, 2, 12.0), "c.mp3": (48000, 1, 5.0),
-             "sub/d.flac": (32000, 2, 3.0)}
+             "sub/d.flac": (32000, 2, 3.0), "e.wav": (8000, 1, 5.0)}
     for name, (rate, channels, seconds) in cases.items():
         write_audio(recordings / name, tone(3000, seconds, rate, channels=channels), rate)
     (recordings / "broken.ogg").write_bytes(b"OggS not really")
@@ -149,6 +149,9 @@ def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
                           raven=tmp_path / "raven", threshold=0.0)
     assert list(summary["skipped"]) == [str(recordings / "broken.ogg")]
     assert "cannot decode" in summary["skipped"][str(recordings / "broken.ogg")]
+    assert summary["notes"] == {str(recordings / "e.wav"): f"{recordings / 'e.wav'}: recorded at 8000 Hz, so nothing "
+                                "above 4000 Hz reaches the models, which learned from 16000 Hz of bandwidth; read its "
+                                "scores with care."}
     table = pd.read_csv(tmp_path / "out.csv")
     windows = table.groupby("file").size()
     assert windows[str(recordings / "a.wav")] == 2 and windows[str(recordings / "b.ogg")] == 3
@@ -157,8 +160,9 @@ def test_predict_reads_every_format_rate_and_length(exports, tmp_path):
     selections = pd.read_csv(tmp_path / "raven" / "a.selections.txt", sep="\t")
     assert list(selections.columns[:3]) == ["Selection", "View", "Channel"]
     assert len(selections) == 2 * len(CLASSES)  # threshold 0: every window and species
-    assert (selections["High Freq (Hz)"] == 16000).all()  # Nyquist at 32 kHz
-    assert len(pd.read_csv(tmp_path / "raven" / "sub__d.selections.txt", sep="\t")) == len(CLASSES)
+    assert (selections["High Freq (Hz)"] == 11025).all()  # the recording's Nyquist, below the models' 16 kHz
+    selections = pd.read_csv(tmp_path / "raven" / "sub__d.selections.txt", sep="\t")
+    assert len(selections) == len(CLASSES) and (selections["High Freq (Hz)"] == 16000).all()
 
 
 def test_an_interrupted_predict_leaves_the_previous_csv_and_no_tables(exports, tmp_path):
@@ -272,11 +276,13 @@ def test_a_full_disk_leaves_the_previous_csv_and_tables(exports, tmp_path):
 
 def test_predict_command_line(exports, tmp_path):
     write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)
+    write_audio(tmp_path / "phone.wav", tone(1000, 6.0, 8000), 8000)
     (tmp_path / "bad.mp3").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("field notes")
-    result = predict_command(exports, tmp_path, tmp_path / "x.wav", tmp_path / "bad.mp3", tmp_path / "notes.txt",
-                             "-o", tmp_path / "p.csv", "--threads", "1")
-    assert "1 files, 2 windows" in result.stdout and "2 skipped" in result.stdout
+    result = predict_command(exports, tmp_path, tmp_path / "x.wav", tmp_path / "phone.wav", tmp_path / "bad.mp3",
+                             tmp_path / "notes.txt", "-o", tmp_path / "p.csv", "--threads", "1")
+    assert "2 files, 4 windows" in result.stdout and "2 skipped" in result.stdout
+    assert f"note: {tmp_path / 'phone.wav'}: recorded at 8000 Hz, so nothing above 4000 Hz" in result.stderr
     assert f"skipped: {tmp_path / 'bad.mp3'}: empty file (0 bytes)" in result.stderr
     assert f"skipped: {tmp_path / 'notes.txt'}: cannot decode" in result.stderr
 

@@ -400,7 +400,8 @@ def predict(
                           top_n, raven, threshold)
     except (InferError, ExportError, FileNotFoundError, OutputError) as error:
         raise _fail(error) from None
-    for reason in summary["skipped"].values():
-        typer.secho(f"skipped: {reason}", err=True, fg=typer.colors.YELLOW)
+    for label, kind in (("skipped", "skipped"), ("note", "notes")):
+        for reason in summary[kind].values():
+            typer.secho(f"{label}: {reason}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"predict: {summary['files']} files, {summary['windows']} windows -> {out}"
                + (f"; {len(summary['skipped'])} skipped" if summary["skipped"] else ""))

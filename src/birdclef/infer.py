@@ -160,6 +160,7 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
             top_n: int = 0, raven: Path | None = None, threshold: float = 0.5) -> dict:
     """Score every 5-s window of the given recordings. Files that cannot be scored are skipped
     and listed with the reason (``skipped``: path -> reason); when none can, nothing is written.
+    A recording sampled below half the models' rate is scored, with a note (``notes``).
 
     ``out`` and the Raven tables are written together once every file is scored
     (``outputs.write_together``): an interrupted run, or a disk that fills up while they are
@@ -184,7 +185,7 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
             raise InferError(f"{target} is one of the recordings to score, and the output would replace it: "
                              "name another output path.")
     window = round(window_seconds * sample_rate)
-    frames = {}
+    frames, bandwidths, notes = {}, {}, {}
     with progress_bar("predict", len(audio)) as advance:
         for path, recording in read_ahead(audio, sample_rate):
             advance(1)
@@ -200,18 +201,24 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
             frame.insert(2, "end_s", np.minimum((np.arange(len(windows)) + 1) * window_seconds,
                                                 len(recording.wave) / sample_rate).round(3))
             frames[path] = frame
+            bandwidths[path] = min(recording.source_rate, sample_rate) / 2
+            if recording.source_rate < sample_rate / 2:
+                notes[str(path)] = (f"{path}: recorded at {recording.source_rate} Hz, so nothing above "
+                                    f"{bandwidths[path]:g} Hz reaches the models, which learned from "
+                                    f"{sample_rate / 2:g} Hz of bandwidth; read its scores with care.")
     if not frames:
         raise InferError(f"no file could be scored, {out} not written:\n  " + "\n  ".join(skipped.values()))
     writes = {out: partial(scores_to_csv, pd.concat(frames.values(), ignore_index=True))}
     for path, frame in frames.items():
         if path in tables:
-            writes[tables[path]] = partial(_write_raven, frame, ensemble.classes, threshold, sample_rate / 2)
+            writes[tables[path]] = partial(_write_raven, frame, ensemble.classes, threshold, bandwidths[path])
     try:
         write_together(writes)
     except OSError as error:
         raise InferError(f"cannot write {error.filename}: {error.strerror or error}; none of the {len(writes)} "
                          "output files was written, the earlier ones are as they were.") from error
-    return {"files": len(frames), "windows": sum(len(f) for f in frames.values()), "skipped": skipped}
+    return {"files": len(frames), "windows": sum(len(f) for f in frames.values()), "skipped": skipped,
+            "notes": notes}
 
 
 def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
