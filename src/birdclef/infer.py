@@ -145,7 +145,8 @@ def find_audio(inputs: list[Path]) -> list[Path]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():  # a folder named like audio is no recording; a broken link is reported
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in layout.AUDIO_SUFFIXES and not p.is_dir())
+            found += sorted(p for p in item.rglob("*")
+                            if p.suffix.lower() in layout.AUDIO_SUFFIXES and not p.is_dir())
         elif item.exists():
             found.append(item)
         else:
