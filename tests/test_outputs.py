@@ -143,6 +143,15 @@ def test_a_folder_that_takes_no_new_file_is_refused_before_the_work(unwritable_f
     assert not (unwritable_folder / "out.csv").exists() and not (unwritable_folder / "new").exists()
 
 
+def test_a_write_into_a_folder_that_takes_no_new_file_names_the_output_and_leaves_nothing(unwritable_folder):
+    for path in (unwritable_folder / "out.csv", unwritable_folder / "new" / "out.csv"):
+        with pytest.raises(OSError) as error:
+            write_atomically(path, lambda tmp: tmp.write_text("x"))
+        assert error.value.filename in (str(path), str(path.parent))
+        assert not path.parent.exists() or not any(path.parent.glob("out.csv*"))
+    assert not (unwritable_folder / "new").exists()
+
+
 def test_a_failed_write_names_the_output_not_its_temporary(tmp_path):
     (tmp_path / "out.csv.tmp").mkdir()  # left by something else: the write cannot open its temporary
     with pytest.raises(IsADirectoryError) as error:

@@ -372,7 +372,8 @@ def join_families(folders: list[Path], weights: list[float] | None = None):
                                   "share one front end and one output.")
     if any(not info.get("spectrogram_tensor") for info in infos):
         raise ExportError(f"{folders}: an export without a known spectrogram tensor; re-run `dvc repro export`.")
-    models = [_read_model(ov.Core(), Path(folder)) for folder in folders]
+    core = ov.Core()
+    models = [_read_model(core, Path(folder)) for folder in folders]
     shared = _find_output(models[0], infos[0]["spectrogram_tensor"])
     (wave,) = models[0].get_parameters()
     outputs = [models[0].get_results()[0].input_value(0)]

@@ -28,18 +28,24 @@ def check_output_path(path: Path, folder: bool = False) -> Path:
 
     Commands call it on their output options before the work, so a wrong path costs nothing.
     """
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        raise OutputError(f"{path} is a {'file' if folder else 'folder'}; name a {'folder' if folder else 'file'}.")
-    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise OutputError(f"{path}: {blocking} is a file, so no folder can hold {path.name}; name another path.")
+    path = _check_kind(path, folder)
     nearest = next(parent for parent in ((path, *path.parents) if folder else path.parents) if parent.exists())
     try:  # a real file, not os.access: root passes access() where the file system still refuses
         tempfile.TemporaryFile(dir=nearest).close()
     except OSError as error:
         raise OutputError(f"{path}: cannot write in {nearest} ({error.strerror}); "
                           "name a path you can write to.") from None
+    return path
+
+
+def _check_kind(path: Path, folder: bool = False) -> Path:
+    """``path``, if it is not the other kind already and no file stands where a parent folder must be."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise OutputError(f"{path} is a {'file' if folder else 'folder'}; name a {'folder' if folder else 'file'}.")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"{path}: {blocking} is a file, so no folder can hold {path.name}; name another path.")
     return path
 
 
@@ -54,8 +60,10 @@ def write_together(writes: dict[Path, Callable[[Path], object]]) -> None:
     that fails (a full disk, Ctrl-C) replaces none of the files, and the folders made for them
     go again; the renames need no space.
 
-    An ``OSError`` that names no file (a full disk) is given the path being written."""
-    paths = [check_output_path(path) for path in writes]
+    An ``OSError`` that names no file (a full disk) is given the path being written. A folder
+    that takes no new file fails at its first write: commands call ``check_output_path`` on
+    their outputs before the work, and a stage's own files need not be probed twice."""
+    paths = [_check_kind(path) for path in writes]
     started, made = [], []
     try:
         for path, write in zip(paths, writes.values()):
