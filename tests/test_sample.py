@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
+import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,6 +80,25 @@ def test_same_seed_gives_identical_files_and_another_seed_other_audio(runs):
     assert [name for name in first if first[name] != second[name]] == []
     assert _digests(runs["a"]).isdisjoint(_digests(runs["other"]))
     assert (runs["a"] / layout.TRAIN_CSV).read_bytes() != (runs["other"] / layout.TRAIN_CSV).read_bytes()
+
+
+def test_files_do_not_depend_on_the_cpus_vector_instructions(runs, tmp_path):
+    """numpy picks its exp and power kernels by CPU (AVX2, AVX-512) and they differ in the last
+    bit: the sample, and so ``dvc.lock``, must not. Regenerated here with every optional kernel
+    this CPU has switched off, the files must come out byte for byte the same."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    optional = [feature for feature in __cpu_dispatch__ if __cpu_features__.get(feature)]
+    if not optional:
+        pytest.skip("this CPU runs numpy's baseline kernels only: nothing to switch off")
+    script = ("import json, sys; from pathlib import Path; from birdclef.params import SampleParams; "
+              "from birdclef.sample import generate; generate(Path(sys.argv[1]), SampleParams(**json.loads(sys.argv[2])))")
+    out = tmp_path / "raw"
+    subprocess.run([sys.executable, "-c", script, str(out), json.dumps(dataclasses.asdict(SMALL))], check=True,
+                   env={**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(optional)})
+    baseline, vectorised = _files(out), _files(runs["a"])
+    assert baseline.keys() == vectorised.keys()
+    assert [name for name in baseline if baseline[name] != vectorised[name]] == []
 
 
 def test_tables_follow_the_layout_and_name_existing_files(raw):

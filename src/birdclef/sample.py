@@ -403,13 +403,17 @@ def _shaped_noise(rng: np.random.Generator, n: int, sr: int, gain) -> np.ndarray
     """Gaussian noise with amplitude spectrum ``gain(frequency)``, scaled to unit RMS.
 
     Made in float32 (noise needs no more), at a length with small prime factors and then cut,
-    since an FFT of a prime length is slow.
+    since an FFT of a prime length is slow. The gain alone is computed in float64 and then
+    rounded: numpy's float32 exp and power kernels differ in the last bit between CPUs (AVX2,
+    AVX-512), and that bit would otherwise reach the written files, so the sample would differ
+    by machine.
     """
     from scipy.fft import irfft, next_fast_len
 
     size = next_fast_len(n, real=True)
-    freqs = np.fft.rfftfreq(size, 1 / sr).astype(np.float32)
-    spectrum = rng.standard_normal((len(freqs), 2), dtype=np.float32).view(np.complex64)[:, 0] * gain(freqs)
+    freqs = np.fft.rfftfreq(size, 1 / sr)
+    gains = gain(freqs).astype(np.float32)
+    spectrum = rng.standard_normal((len(freqs), 2), dtype=np.float32).view(np.complex64)[:, 0] * gains
     spectrum[0] = 0
     noise = irfft(spectrum, size)[:n]
     return noise / (noise.std() + 1e-12)
