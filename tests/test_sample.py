@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +93,7 @@ def test_files_do_not_depend_on_the_cpus_vector_instructions(runs, tmp_path):
     script = ("import json, sys; from pathlib import Path; from birdclef.params import SampleParams; "
               "from birdclef.sample import generate; generate(Path(sys.argv[1]), SampleParams(**json.loads(sys.argv[2])))")
     out = tmp_path / "raw"
-    subprocess.run([sys.executable, "-c", script, str(out), json.dumps(dataclasses.asdict(SMALL))], check=True,
+    subprocess.run([sys.executable, "-c", script, str(out), json.dumps(asdict(SMALL))], check=True,
                    env={**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(optional)})
     baseline, vectorised = _files(out), _files(runs["a"])
     assert baseline.keys() == vectorised.keys()
