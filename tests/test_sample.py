@@ -85,9 +85,7 @@ def test_files_do_not_depend_on_the_cpus_vector_instructions(runs, tmp_path):
     """numpy picks its exp and power kernels by CPU (AVX2, AVX-512) and they differ in the last
     bit: the sample, and so ``dvc.lock``, must not. Regenerated here with every optional kernel
     this CPU has switched off, the files must come out byte for byte the same."""
-    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
-
-    optional = [feature for feature in __cpu_dispatch__ if __cpu_features__.get(feature)]
+    optional = np.show_config(mode="dicts")["SIMD Extensions"].get("found", [])
     if not optional:
         pytest.skip("this CPU runs numpy's baseline kernels only: nothing to switch off")
     script = ("import json, sys; from pathlib import Path; from birdclef.params import SampleParams; "
