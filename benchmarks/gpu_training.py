@@ -117,7 +117,8 @@ def main(
                 for scope in (["-"] if mode == "none" else compile_scopes.split(","))]
     for name, nhwc, (mode, scope) in itertools.product(families.split(","), layouts, variants):
         family = params.family[name]
-        model = build_model(family, len(classes), replace(params.train, channels_last=nhwc)).to(device).train()
+        model = build_model(family, len(classes), replace(params.train, channels_last=nhwc),
+                            params.audio.sample_rate).to(device).train()
         filtering = RandomFiltering().to(device).train()
         loss_fn = build_loss(params.loss)
         optimizer = build_optimizer(family, model.parameters())

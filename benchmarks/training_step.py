@@ -77,7 +77,8 @@ def main(
         for label, channels_last, multi_tensor in (("baseline", False, False), ("channels_last", True, False),
                                                    ("+ multi-tensor", True, True)):
             torch.manual_seed(0)
-            model = build_model(family, classes, replace(params.train, channels_last=channels_last))
+            model = build_model(family, classes, replace(params.train, channels_last=channels_last),
+                                params.audio.sample_rate)
             model = model.to(device).train()
             optimizer = build_optimizer(family, model.parameters(), multi_tensor=multi_tensor)
             steps_of[label] = training_step(model, optimizer, filtering, loss_fn, wave, target)

@@ -47,7 +47,7 @@ def test_ddp_on_cpu_trains_one_fold_and_writes_its_outputs_once(workspace, tmp_p
     assert oof["key"].tolist() == valid_keys and list(oof.columns) == ["key", *classes]
     assert oof[classes].notna().all().all() and ((oof[classes] >= 0) & (oof[classes] <= 1)).all().all()
     assert meta["valid_files"] == len(valid_keys) and 0.0 <= meta["val_auc"] <= 1.0
-    model = build_model(params.family["eca"], len(classes), params.train)
+    model = build_model(params.family["eca"], len(classes), params.train, params.audio.sample_rate)
     model.load_state_dict(torch.load(out / "fold0" / "model.pt", weights_only=True))  # strict
 
     logged = json.loads((tmp_path / "metrics" / "eca" / "fold0" / "metrics.json").read_text())

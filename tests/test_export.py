@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from birdclef import export
+from birdclef.infer import InferError
 from birdclef.export import (ExportedEnsemble, ExportedFamily, ExportError, FoldEnsemble, export_family,
                              load_fold_models, parity_windows)
-from trained_models import BACKBONE, CLASSES, SAMPLES, realistic_random_model, save_trained
+from birdclef.calibration import calibrate
+from birdclef.model import BirdClassifier, MelFrontend
+from trained_models import BACKBONE, CLASSES, HIDDEN, SAMPLES, realistic_random_model, save_trained
 
 EXPORTED_FOLDS = [0, 2]
 
@@ -176,6 +179,48 @@ def test_missing_fold_is_a_clear_error(trained, tmp_path):
     with pytest.raises(ExportError, match="fold5"):
         export_family(trained, "eca", [0, 5], out, SAMPLES)
     assert not out.exists()
+
+
+def test_models_of_another_sample_rate_export_and_serve_at_that_rate(tmp_path):
+    """``audio.sample_rate`` reaches the network: a fold trained at 22.05 kHz (an ablation of
+    the seed's) is rebuilt with its own mel filterbank, and its export serves that rate."""
+    from birdclef.infer import load_ensemble as load_families
+    from birdclef.params import AudioParams
+
+    rate, samples = 22_050, 110_250
+    torch.manual_seed(0)
+    model = BirdClassifier(BACKBONE, len(CLASSES), hidden=HIDDEN, frontend=MelFrontend(sample_rate=rate))
+    model = calibrate(model, 12, samples, seed=7, batch=6)
+    save_trained(model, tmp_path / "models" / "eca" / "fold0", 0, sample_rate=rate)
+    info = export_family(tmp_path / "models", "eca", [0], tmp_path / "export" / "eca", samples)
+    assert (info["sample_rate"], info["window_samples"]) == (rate, samples)
+
+    windows = parity_windows(3, samples, rate, seed=8)
+    at_32k = BirdClassifier(BACKBONE, len(CLASSES), hidden=HIDDEN)  # the same weights, the 32 kHz filterbank
+    at_32k.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(windows)).clip_probs.numpy()
+        misread = at_32k.eval()(torch.from_numpy(windows)).clip_probs.numpy()
+    served = load_families(tmp_path / "export", ["eca"], {"eca": 1.0}, threads=1, precision="f32",
+                           audio=AudioParams(rate, 5.0))
+    np.testing.assert_allclose(served(windows), expected, atol=1e-2, rtol=0)
+    assert np.abs(misread - expected).max() > 0.1
+    with pytest.raises(InferError, match="22050 Hz, but params' audio gives 160000 at 32000 Hz"):
+        load_families(tmp_path / "export", ["eca"], {"eca": 1.0}, audio=AudioParams(32_000, 5.0))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda fold: (fold / "meta.json").write_text("{not json"), r"meta.json: damaged"),
+    (lambda fold: (fold / "meta.json").write_text('{"backbone": "x"}'),
+     r"meta.json: no classes, hidden, sample_rate; .*train the fold again"),
+    (lambda fold: (fold / "model.pt").write_bytes(b"not weights"), r"model.pt: not the weights its meta.json"),
+])
+def test_a_damaged_fold_is_named_with_the_fix(trained, tmp_path, damage, message):
+    fold = tmp_path / "eca" / "fold0"
+    shutil.copytree(trained / "eca" / "fold0", fold)
+    damage(fold)
+    with pytest.raises(ExportError, match=message):
+        load_fold_models(tmp_path / "eca", [0])
 
 
 def test_folds_of_different_classes_are_rejected(trained, tmp_path):

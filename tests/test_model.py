@@ -222,8 +222,8 @@ def test_channels_last_model_computes_what_the_contiguous_one_does():
     params = tiny_params()
     family = params.family["eca"]
     torch.manual_seed(0)
-    nhwc = build_model(family, 5, replace(params.train, channels_last=True))
-    nchw = build_model(family, 5, replace(params.train, channels_last=False))
+    nhwc = build_model(family, 5, replace(params.train, channels_last=True), params.audio.sample_rate)
+    nchw = build_model(family, 5, replace(params.train, channels_last=False), params.audio.sample_rate)
     nchw.load_state_dict(nhwc.state_dict())
     wave = torch.randn(2, 32000)
     results = []

@@ -192,7 +192,7 @@ def test_compiled_run_saves_weights_that_the_plain_model_reproduces(workspace):
     graphs = counters["stats"]["unique_graphs"]
     meta = train_fold(params, "eca", 0, paths(root, "compiled"))
     assert counters["stats"]["unique_graphs"] > graphs
-    model = build_model(params.family["eca"], len(meta["classes"]), params.train)
+    model = build_model(params.family["eca"], len(meta["classes"]), params.train, params.audio.sample_rate)
     model.load_state_dict(torch.load(root / "models/compiled/model.pt", weights_only=True))  # strict: same keys
     oof = pd.read_csv(root / "models/compiled/oof.csv")
     window = params.audio.window_samples
@@ -289,7 +289,7 @@ def test_real_backbones_train_and_validate(workspace, family, backbone):
     root, params = workspace
     table, classes, _ = read_tables(root / "tables")
     settings = replace(params.family[family], backbone=backbone)
-    model = build_model(settings, 206, params.train)
+    model = build_model(settings, 206, params.train, params.audio.sample_rate)
     training = TrainingWindows(root / "store", table, [0, 1], classes + [f"x{i}" for i in range(206 - len(classes))],
                                160000, 0.05, 0.5)
     validation = ValidationChunks(root / "store", table["key"][:2].tolist(), 160000)

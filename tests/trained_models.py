@@ -25,10 +25,11 @@ def realistic_random_model(seed: int) -> BirdClassifier:
     return calibrate(model, 12, SAMPLES, seed=1000 + seed, batch=6)
 
 
-def save_trained(model: BirdClassifier, folder: Path, fold: int, family: str = "eca") -> None:
+def save_trained(model: BirdClassifier, folder: Path, fold: int, family: str = "eca",
+                 sample_rate: int = 32_000) -> None:
     """The train stage's format: model.pt (state dict) + meta.json."""
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), folder / "model.pt")
     meta = {"family": family, "fold": fold, "backbone": BACKBONE, "classes": CLASSES, "hidden": HIDDEN,
-            "val_auc": 0.5, "best_epoch": 0}
+            "sample_rate": sample_rate, "val_auc": 0.5, "best_epoch": 0}
     (folder / "meta.json").write_text(json.dumps(meta))

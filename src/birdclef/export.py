@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from birdclef.model import BirdClassifier
+from birdclef.model import BirdClassifier, MelFrontend
 from birdclef.outputs import check_replaceable, folder_written_atomically, write_json
 
 INPUT_NAME = "wave"
@@ -33,6 +33,8 @@ OUTPUT_NAME = "probabilities"
 EXPORT_MARKER = "export.json"
 PARITY_WINDOWS = 4
 PARITY_SEED = 2025
+# What a fold's meta.json must give to rebuild its network; the folds of one family agree on all.
+META_KEYS = ("backbone", "classes", "hidden", "sample_rate")
 
 # Bounds of the parity check, on max |probability difference| to PyTorch eager (fp32) on
 # realistic windows. Each is BASE + ROUNDING_FACTOR x the ensemble's own fp32 rounding error
@@ -99,7 +101,8 @@ def _check_same_frontend(first: BirdClassifier, other: BirdClassifier) -> None:
 def load_fold_models(folder: Path, folds: list[int]) -> tuple[list[BirdClassifier], dict]:
     """The trained models ``folder/fold<k>/model.pt`` (eval mode) and the first fold's meta.
 
-    Every fold must exist and share the backbone, the head size and the class list.
+    Every fold must exist and share the backbone, the head size, the class list and the sample
+    rate (each model's mel front end is rebuilt at its ``meta.json``'s rate).
     """
     folder = Path(folder)
     if not folds:
@@ -110,18 +113,35 @@ def load_fold_models(folder: Path, folds: list[int]) -> tuple[list[BirdClassifie
         if not (fold_dir / "model.pt").is_file() or not (fold_dir / "meta.json").is_file():
             raise ExportError(f"{fold_dir}: no trained model (model.pt + meta.json) for fold {fold}; "
                               "run `dvc repro train` first.")
-        meta = json.loads((fold_dir / "meta.json").read_text())
+        meta = _read_meta(fold_dir / "meta.json")
         if first is None:
             first = meta
-        for key in ("backbone", "classes", "hidden"):
+        for key in META_KEYS:
             if meta[key] != first[key]:
                 raise ExportError(f"{fold_dir}: '{key}' differs from fold {folds[0]}'s; the folds of "
-                                  "one family must share backbone, head and classes.")
-        model = BirdClassifier(meta["backbone"], len(meta["classes"]), hidden=meta["hidden"])
-        state = torch.load(fold_dir / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+                                  "one family must share backbone, head, classes and sample rate.")
+        model = BirdClassifier(meta["backbone"], len(meta["classes"]), hidden=meta["hidden"],
+                               frontend=MelFrontend(sample_rate=meta["sample_rate"]))
+        try:
+            model.load_state_dict(torch.load(fold_dir / "model.pt", map_location="cpu", weights_only=True))
+        except Exception as error:  # torch raises several types for a damaged or mismatched file
+            raise ExportError(f"{fold_dir / 'model.pt'}: not the weights its meta.json describes "
+                              f"({str(error).splitlines()[0][:200]}); train the fold again "
+                              "(`dvc repro --force train@...`) or `dvc pull` it.") from None
         models.append(model.eval())
     return models, first
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ExportError(f"{path}: damaged ({error}); train the fold again or `dvc pull` it.") from None
+    missing = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise ExportError(f"{path}: no {', '.join(missing)}; it was written by another version of the train "
+                          "stage: train the fold again (`dvc repro train`).")
+    return meta
 
 
 def parity_windows(count: int = PARITY_WINDOWS, samples: int = 160_000, sample_rate: int = 32_000,
@@ -152,7 +172,7 @@ def parity_windows(count: int = PARITY_WINDOWS, samples: int = 160_000, sample_r
 
 
 def export_family(models: Path, family: str, folds: list[int], out: Path, window_samples: int,
-                  opset: int | None = None, sample_rate: int = 32_000) -> dict:
+                  opset: int | None = None) -> dict:
     """Export ``models/<family>/fold<k>`` for ``folds`` into ``out`` and return ``export.json``.
 
     ``out`` gets ``model.onnx`` (one file, fp32), ``model.xml`` + ``model.bin`` (OpenVINO IR,
@@ -166,6 +186,7 @@ def export_family(models: Path, family: str, folds: list[int], out: Path, window
 
     out = check_replaceable(out, EXPORT_MARKER)
     fold_models, meta = load_fold_models(Path(models) / family, folds)
+    sample_rate = meta["sample_rate"]
     ensemble = FoldEnsemble(fold_models).eval()
     with folder_written_atomically(out, EXPORT_MARKER) as tmp:
         onnx_path, xml_path = tmp / "model.onnx", tmp / "model.xml"

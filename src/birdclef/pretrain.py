@@ -40,7 +40,7 @@ def prepare_backbone(params: Params, family_name: str, raw: Path, store: Path, o
     elif source == "published":
         state, summary = published_backbone(params, family_name, raw)
     else:
-        state = build_model(params.family[family_name], 1, params.train).backbone_state_dict()
+        state = build_model(params.family[family_name], 1, params.train, params.audio.sample_rate).backbone_state_dict()
         summary = {"initialisation": f"random, seed {params.seed}"}
     summary = {"family": family_name, "backbone": params.family[family_name].backbone, "source": source, **summary}
     write_atomically(out, lambda tmp: torch.save(state, tmp))
@@ -65,7 +65,7 @@ def corpus_backbone(params: Params, family_name: str, raw: Path, store: Path, lo
                                params.train.label_smoothing, params.train.augment.mixup_p, None,
                                background_mixer(raw, store, params.train))
     pretrain_family = FamilyParams(**{**family.__dict__, "lr": params.pretrain.lr})
-    model = build_model(family, len(classes), params.train)
+    model = build_model(family, len(classes), params.train, params.audio.sample_rate)
     module = BirdModule(model, params.loss, pretrain_family, params.train)
     # No class-weighted sampler, as the seed's pretraining; it read a once-shuffled table in the same
     # order every epoch, this reshuffles each epoch (README, "What differs from the seed").
@@ -91,7 +91,7 @@ def published_backbone(params: Params, family_name: str, raw: Path) -> tuple[dic
         raise TrainError(f"{path} not found (pretrain.published.{family_name}); the download holds: "
                          f"{', '.join(present) or 'nothing'}.")
     family = params.family[family_name]
-    model = build_model(family, 1, params.train)
+    model = build_model(family, 1, params.train, params.audio.sample_rate)
     load_starting_backbone(model, path, family_name, family,
                            "check family.<name>.backbone and pretrain.published, or download the file again.")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

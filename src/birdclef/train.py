@@ -29,7 +29,7 @@ from birdclef.data import TrainingWindows, ValidationChunks, training_sampler, w
 from birdclef.labels import multi_hot
 from birdclef.losses import build_loss
 from birdclef.metrics import file_level_max, macro_roc_auc, scorable_classes
-from birdclef.model import BackboneError, BirdClassifier
+from birdclef.model import BackboneError, BirdClassifier, MelFrontend
 from birdclef.outputs import check_replaceable, folder_written_atomically, write_json, write_scores
 from birdclef.params import FamilyParams, Params, TrainParams
 from birdclef.store import AudioStore
@@ -198,11 +198,13 @@ def build_optimizer(family: FamilyParams, parameters, multi_tensor: bool = True)
     return torch.optim.AdamW(parameters, foreach=False, **options)
 
 
-def build_model(family: FamilyParams, num_classes: int, train: TrainParams) -> BirdClassifier:
+def build_model(family: FamilyParams, num_classes: int, train: TrainParams, sample_rate: int) -> BirdClassifier:
+    """The family's classifier; its mel front end takes audio at ``sample_rate`` (params' audio)."""
     augment = train.augment
     spec_augment = SpecAugment(freq_width=augment.spec_freq_width, time_width=augment.spec_time_width,
                                max_masks=augment.spec_max_masks, p=augment.spec_p)
-    model = BirdClassifier(family.backbone, num_classes, hidden=train.hidden, spec_augment=spec_augment)
+    model = BirdClassifier(family.backbone, num_classes, hidden=train.hidden,
+                           frontend=MelFrontend(sample_rate=sample_rate), spec_augment=spec_augment)
     # Parameters in NHWC make the convolutions run NHWC (oneDNN on CPUs, tensor cores on GPUs);
     # Lightning's .to(device) keeps the layout. Saved weights load into any layout.
     return model.to(memory_format=torch.channels_last) if train.channels_last else model
@@ -283,7 +285,7 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
         raise TrainError(f"fold {fold} of split {family.split!r}: no species has both a positive and a negative "
                          f"validation file ({len(valid_rows)} files), so ROC-AUC is undefined; add recordings "
                          "of other species or lower prepare.n_folds.")
-    model = build_model(family, len(classes), params.train)
+    model = build_model(family, len(classes), params.train, params.audio.sample_rate)
     if paths.pretrained is not None and paths.pretrained.is_file():
         load_starting_backbone(model, paths.pretrained, family_name, family,
                                f"rebuild the file with `dvc repro pretrain@{family_name}`, or name another with "
@@ -308,7 +310,7 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
     file_scores = predict_files(model, valid_loader, trainer.strategy.root_device, validation)
     val_auc = macro_roc_auc(file_targets, file_scores)
     meta = {"family": family_name, "fold": fold, "backbone": family.backbone, "classes": classes,
-            "hidden": params.train.hidden, "val_auc": val_auc, "best_epoch": best_epoch,
+            "hidden": params.train.hidden, "sample_rate": params.audio.sample_rate, "val_auc": val_auc, "best_epoch": best_epoch,
             "train_items": len(training), "valid_files": len(valid_keys),
             "pseudo_chunks": 0 if pool is None else len(pool)}
     _save(paths.out, model, meta, valid_keys, classes, file_scores)

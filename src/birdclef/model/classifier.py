@@ -38,7 +38,9 @@ def build_backbone(name: str) -> nn.Module:
 
 
 class BirdClassifier(nn.Module):
-    """(B, samples) 32 kHz waveform -> ``HeadOutput`` with (B, num_classes) clip scores.
+    """(B, samples) waveform -> ``HeadOutput`` with (B, num_classes) clip scores.
+
+    The waveform is at the front end's sample rate (``MelFrontend``: 32 kHz unless given).
 
     ``spec_augment`` (any module mapping (B, 1, n_mels, frames) -> same shape) runs on the
     [0, 1] spectrogram in training mode only.
