@@ -85,6 +85,26 @@ def test_no_soundscapes_keeps_the_templates_rows(exports, params, tmp_path):
     assert summary["soundscapes"] == 0 and summary["seconds_per_minute_of_audio"] is None
 
 
+def test_the_command_says_when_it_passes_the_template_through(exports, tmp_path):
+    pd.DataFrame({"row_id": ["H02_x_5"], **{name: [0.5] for name in CLASSES}}).to_csv(
+        tmp_path / "sample_submission.csv", index=False)
+    (tmp_path / "empty").mkdir()
+    result = birdclef_command("infer", tmp_path, "--exports", exports, "--soundscapes", "empty",
+                              "--sample-submission", "sample_submission.csv", "--metrics", "infer.json")
+    assert "note: no soundscapes in empty: submission.csv holds sample_submission.csv's rows" in result.stderr
+    assert (tmp_path / "submission.csv").read_text() == (tmp_path / "sample_submission.csv").read_text()
+
+
+def test_two_soundscapes_of_one_name_are_refused_before_the_scoring(exports, params, tmp_path):
+    template = tmp_path / "sample_submission.csv"
+    pd.DataFrame(columns=["row_id", *CLASSES]).to_csv(template, index=False)
+    for suffix in (".ogg", ".wav"):
+        write_audio(tmp_path / "soundscapes" / f"H02_x{suffix}", tone(1000, 10.0, 32000), 32000)
+    with pytest.raises(InferError, match=r"H02_x.ogg and H02_x.wav share the name 'H02_x'.*keep one of them"):
+        infer(params, exports, tmp_path / "soundscapes", template, tmp_path / "s.csv", tmp_path / "m.json")
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "m.json").exists()
+
+
 def test_unknown_template_column_is_refused(exports, params, tmp_path):
     from birdclef.infer import InferError
 
@@ -232,7 +252,8 @@ def test_predict_writes_nothing_when_no_file_can_be_scored(exports, tmp_path):
     assert out.read_text() == "an earlier run\n" and not (tmp_path / "raven").exists()
 
 
-def predict_command(exports, tmp_path, *args, check=True, **options):
+def birdclef_command(name, tmp_path, *args, check=True, **options):
+    """``python -m birdclef <name> ...`` in ``tmp_path``, with params for the one family exported here."""
     import yaml
 
     params = tmp_path / "params.yaml"
@@ -240,8 +261,12 @@ def predict_command(exports, tmp_path, *args, check=True, **options):
     values["families"] = ["eca"]
     params.write_text(yaml.safe_dump(values))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return run([python(), "-m", "birdclef", "predict", *map(str, args), "--exports", str(exports),
-                "--params", str(params)], tmp_path, env, check, **options)
+    return run([python(), "-m", "birdclef", name, *map(str, args), "--params", str(params)], tmp_path, env, check,
+               **options)
+
+
+def predict_command(exports, tmp_path, *args, check=True, **options):
+    return birdclef_command("predict", tmp_path, *args, "--exports", exports, check=check, **options)
 
 
 def test_a_full_disk_leaves_the_previous_csv_and_tables(exports, tmp_path):

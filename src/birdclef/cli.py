@@ -333,6 +333,9 @@ def infer(
         summary = run(params, exports, soundscapes, sample_submission, out, metrics)
     except (InferError, ExportError, FileNotFoundError, TableError, OutputError) as error:
         raise _fail(error) from None
+    if not summary["soundscapes"]:  # right on Kaggle, which hides its test audio; a slip anywhere else
+        typer.secho(f"note: no soundscapes in {soundscapes}: {out} holds {sample_submission}'s rows as they are.",
+                    err=True, fg=typer.colors.YELLOW)
     typer.echo(f"infer: {summary}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from birdclef import layout
 from birdclef.audio import AudioError, decode
 from birdclef.data import split_windows
-from birdclef.outputs import scores_to_csv, write_json, write_scores, write_together
+from birdclef.outputs import json_to_file, scores_to_csv, write_together
 from birdclef.progress import progress_bar
 from birdclef.tables import read_csv
 
@@ -110,6 +110,7 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
         raise InferError(f"{sample_submission}: columns {unknown[:5]} are not among the models' classes.")
     order = [ensemble.classes.index(column) for column in columns]
     paths = sorted(p for p in Path(soundscapes).iterdir() if p.suffix.lower() in layout.AUDIO_SUFFIXES)
+    _check_unique_stems(paths)
     window = params.audio.window_samples
     rows, ids, audio_seconds = [], [], 0.0
     start = time.perf_counter()
@@ -130,13 +131,23 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
         submission.insert(0, "row_id", ids)
     else:  # Kaggle hides the test soundscapes until submission: keep the template's rows
         submission = pd.read_csv(sample_submission)
-    write_scores(submission, out)
     summary = {"soundscapes": len(paths), "windows": len(ids), "threads": settings.threads,
                "streams": settings.streams, "precision": ensemble.precision,
                "seconds_per_minute_of_audio": round(elapsed / max(audio_seconds / 60, 1e-9), 4) if paths else None,
                "total_seconds": round(elapsed, 3)}
-    write_json(metrics, summary)
+    write_together({out: partial(scores_to_csv, submission), metrics: partial(json_to_file, summary)})
     return summary
+
+
+def _check_unique_stems(paths: list[Path]) -> None:
+    """A row_id names the soundscape by its stem, so ``x.ogg`` beside ``x.wav`` would give one
+    submission two rows of the same id."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise InferError(f"{seen[path.stem]} and {path.name} share the name {path.stem!r}, which the "
+                             "submission's row_id is made of; keep one of them.")
+        seen[path.stem] = path
 
 
 def find_audio(inputs: list[Path]) -> list[Path]:

@@ -137,7 +137,12 @@ def folder_written_atomically(out: Path, marker: str) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_atomically(path, partial(json_to_file, data))
+
+
+def json_to_file(data: dict, path: Path) -> None:
+    """``write_json``'s file, written straight to ``path`` (for ``write_together``)."""
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_scores(frame, path: Path) -> None:
