@@ -144,7 +144,7 @@ def test_soundscape_auc_matches_sklearn_whatever_the_row_order():
     order = rng.permutation(len(row_ids))
     predictions = pd.DataFrame(scores[order], columns=CLASSES)
     predictions.insert(0, "row_id", np.asarray(row_ids)[order])
-    score, per_class = soundscape_auc(labels, predictions[["row_id", *CLASSES[::-1]]])
+    score, per_class = soundscape_auc(labels, predictions[["row_id", *CLASSES[::-1]]], "predictions")
     expected = {name: roc_auc_score(targets[:, i], scores[:, i]) for i, name in enumerate(CLASSES) if i != 1}
     assert per_class == {name: round(value, 5) for name, value in expected.items()}
     assert score == round(float(np.mean(list(expected.values()))), 5)
@@ -180,13 +180,15 @@ def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (lambda frame: frame.drop(columns=[CLASSES[0]]), rf"missing column\(s\) \['{CLASSES[0]}'\]"),
     (lambda frame: frame.assign(row_id=["elsewhere_5", *frame["row_id"][1:]]),
-     r"row_id\(s\) \['elsewhere_5'\] are not windows of test_soundscapes_labels.csv"),
+     r"1 row_id\(s\) \['elsewhere_5'\] are not windows of test_soundscapes_labels.csv"),
+    (lambda frame: frame.iloc[:1], r"1 row_id\(s\) \['S0_10'\] of test_soundscapes_labels.csv are not scored"),
 ])
 def test_a_submission_for_other_classes_or_windows_is_named(tmp_path, edit, message):
-    from birdclef.evaluate import read_submission
+    from birdclef.evaluate import read_submission, soundscape_auc
     from birdclef.tables import TableError
 
     labels = pd.DataFrame({"row_id": ["S0_5", "S0_10"], **{name: [0, 1] for name in CLASSES}})
-    edit(labels.assign(**{name: [0.2, 0.7] for name in CLASSES})).to_csv(tmp_path / "submission.csv", index=False)
+    path = tmp_path / "submission.csv"
+    edit(labels.assign(**{name: [0.2, 0.7] for name in CLASSES})).to_csv(path, index=False)
     with pytest.raises(TableError, match=rf"submission.csv: {message}"):
-        read_submission(tmp_path / "submission.csv", labels)
+        soundscape_auc(labels, read_submission(path, labels), str(path))

@@ -45,10 +45,19 @@ def cross_validation(models: Path, family: str, folds: list[int], table, classes
             "fold_auc": [round(float(value), 5) for value in fold_aucs]}
 
 
-def soundscape_auc(labels, predictions) -> tuple[float, dict[str, float]]:
-    """Kaggle's score of a submission-like frame against window labels, and per class."""
+def soundscape_auc(labels, predictions, source: str) -> tuple[float, dict[str, float]]:
+    """Kaggle's score of a submission-like frame against window labels, and per class.
+
+    ``predictions`` must score exactly the labelled windows: a missing one would quietly score a
+    subset, an extra one has nothing to be scored against. ``source`` names them in the error."""
     from sklearn.metrics import roc_auc_score
 
+    predicted, labelled = set(predictions["row_id"]), set(labels["row_id"])
+    for rows, problem in ((predicted - labelled, f"are not windows of {layout.TEST_LABELS_CSV}"),
+                          (labelled - predicted, f"of {layout.TEST_LABELS_CSV} are not scored")):
+        if rows:
+            raise TableError(f"{source}: {len(rows)} row_id(s) {sorted(rows)[:3]} {problem}; score every labelled "
+                             "test window, no other (`dvc repro infer`, or check the test soundscapes' labels).")
     classes = [column for column in labels.columns if column != "row_id"]
     merged = labels.set_index("row_id").loc[predictions["row_id"]]
     targets, scores = merged[classes].to_numpy(), predictions[classes].to_numpy()
@@ -58,15 +67,11 @@ def soundscape_auc(labels, predictions) -> tuple[float, dict[str, float]]:
 
 
 def read_submission(path: Path, labels):
-    """A submission to score against ``labels``: their classes, and windows they label."""
+    """A submission to score against ``labels``, with their class columns."""
     import pandas as pd
 
     classes = [column for column in labels.columns if column != "row_id"]
-    row_ids = read_csv(path, ("row_id", *classes))["row_id"]  # a TableError names the file
-    unknown = sorted(set(row_ids) - set(labels["row_id"]))
-    if unknown:
-        raise TableError(f"{path}: row_id(s) {unknown[:3]} are not windows of {layout.TEST_LABELS_CSV}; "
-                         "score a submission for the labelled test soundscapes.")
+    read_csv(path, ("row_id", *classes))  # a TableError names the file
     return pd.read_csv(path)
 
 
@@ -112,14 +117,16 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
         result = {family: cross_validation(round_models, family, params.folds, table, classes)
                   for family in params.families}
         if labels is not None and test_keys:
+            source = f"{round_models}'s predictions of the test soundscapes in {store}"
             frames = round_predictions(params, round_models, store, test_keys, classes)
             for family in params.families:
-                result[family]["soundscape_auc"] = soundscape_auc(labels, frames[family])[0]
-            result["soundscape_auc"] = soundscape_auc(labels, frames["ensemble"])[0]
+                result[family]["soundscape_auc"] = soundscape_auc(labels, frames[family], source)[0]
+            result["soundscape_auc"] = soundscape_auc(labels, frames["ensemble"], source)[0]
         metrics[round_params.name] = result
     per_class = {}
     if labels is not None and Path(submission).is_file():
-        metrics["submission_soundscape_auc"], per_class = soundscape_auc(labels, read_submission(submission, labels))
+        scored = read_submission(submission, labels)
+        metrics["submission_soundscape_auc"], per_class = soundscape_auc(labels, scored, str(submission))
     write_json(out, metrics)
     per_class_frame = pd.DataFrame({"species": list(per_class), "auc": list(per_class.values())})
     write_atomically(plots / "per_class_auc.csv", lambda tmp: per_class_frame.to_csv(tmp, index=False))
