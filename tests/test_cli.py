@@ -59,6 +59,8 @@ def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
     (lambda p: p["teachers"].update(round0="data/pseudo/x"), "'teachers.round0' is 'data/pseudo/x', but round "
                                                              "round0 trains with 'data/raw/pseudo'"),
     (lambda p: p["teachers"].update(round9="data/raw/pseudo"), "'teachers.round9' is not a round"),
+    (lambda p: p["infer"]["family_weights"].pop("ebs"), "'infer.family_weights' has no weight for ebs"),
+    (lambda p: p["infer"]["family_weights"].update(ecca=1.0), "'infer.family_weights' names ecca, which is no family"),
 ])
 def test_wrong_params_are_named(tmp_path, edit, message):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -127,6 +129,14 @@ def test_committed_params_are_the_default_composition(tmp_path):
     (["precompute", "--external", "data/extrenal"], "--external data/extrenal: no such folder"),
     (["prepare", "--external", "data/extrenal"], "--external data/extrenal: no such folder"),
     (["infer", "--soundscapes", "nope"], "--soundscapes nope: no such folder"),
+    # stage outputs are folders replaced whole: one that cannot be made is refused before the work
+    (["download", "--out", "train.csv/raw"], "--out train.csv/raw: train.csv is a file, so no folder can hold raw"),
+    (["precompute", "--external", ".", "--out", "train.csv"], "--out train.csv is a file; name a folder"),
+    (["prepare", "--external", ".", "--out", "train.csv/tables"], "--out train.csv/tables: train.csv is a file"),
+    (["train", "--family", "eca", "--fold", "0", "--raw", ".", "--tables", ".", "--out", "train.csv"],
+     "--out train.csv is a file; name a folder"),
+    (["pseudo", "--out", "train.csv"], "--out train.csv is a file; name a folder"),
+    (["export", "--family", "eca", "--out", "train.csv"], "--out train.csv is a file; name a folder"),
 ])
 def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
@@ -155,3 +165,54 @@ def test_a_raven_threshold_must_be_a_probability(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     result = run([python(), "-m", "birdclef", "predict", "x.wav", "--threshold", "50"], tmp_path, env(), check=False)
     assert result.returncode == 2 and "Invalid value for '--threshold'" in result.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["data"]["sample"].update(species=0), "params.yaml: data.sample: need species >= 1"),
+    (lambda p: p["audio"].update(sample_rate=16000), "params.yaml: audio.sample_rate 16000 is too low for the sample"),
+])
+def test_sample_settings_it_cannot_generate_are_named_before_any_file(tmp_path, edit, message):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run([python(), "-m", "birdclef", "download", "--out", "raw"], tmp_path, env(), check=False)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_terminated_command_leaves_no_temporary_output(tmp_path):
+    """`kill` and `timeout` send SIGTERM: the half-written folder beside the output goes too."""
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    command = subprocess.Popen([python(), "-m", "birdclef", "download", "--out", "raw"], cwd=tmp_path, env=env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((tmp_path / "raw.tmp").rglob("*.ogg")) and command.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert command.poll() is None, "the download ended before it could be terminated"
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(timeout=60) == 128 + signal.SIGTERM
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+    assert "Traceback" not in command.stderr.read()
+
+
+def test_the_packages_own_warnings_are_one_line_and_others_keep_their_place(capsys):
+    import warnings
+
+    from birdclef import cli
+
+    cli._show_warning(UserWarning("3 labelled recording(s) are not in the store"), UserWarning,
+                      cli.__file__, 10)
+    assert capsys.readouterr().err == "warning: 3 labelled recording(s) are not in the store\n"
+    shown = []
+    cli._show_warning(UserWarning("deprecated"), UserWarning, warnings.__file__, 7, shown=lambda *args: shown.append(args))
+    assert capsys.readouterr().err == "" and shown[0][1:4] == (UserWarning, warnings.__file__, 7)
+
+
+def test_version(tmp_path):
+    from birdclef import __version__
+
+    assert run([python(), "-m", "birdclef", "--version"], tmp_path, env()).stdout == f"birdclef {__version__}\n"

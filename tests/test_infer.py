@@ -228,8 +228,13 @@ def test_raven_tables_are_one_per_recording_or_refused(tmp_path):
     under_root = [tmp_path / "site1/x.wav", tmp_path / "site2/x.wav", tmp_path / "x.wav"]
     assert list(raven_tables(under_root, [tmp_path]).values()) == [
         "site1__x.selections.txt", "site2__x.selections.txt", "x.selections.txt"]
-    with pytest.raises(InferError, match="site1/x.wav and .*site2/x.wav would both write the Raven table x"):
+    with pytest.raises(InferError, match="site1/x.wav and .*site2/x.wav would both write the Raven table x.*; "
+                                         "give their common parent folder instead, or rename one"):
         raven_tables([tmp_path / "site1/x.wav", tmp_path / "site2/x.wav"], [tmp_path / "site1", tmp_path / "site2"])
+    (tmp_path / "site1/x.ogg").touch()  # one folder, one stem: only a new name tells the tables apart
+    with pytest.raises(InferError, match=r"x.wav and .*site1/x.ogg would both write the Raven table "
+                                         r"site1__x.selections.txt; rename one\.$"):
+        raven_tables([tmp_path / "site1/x.wav", tmp_path / "site1/x.ogg"], [tmp_path])
 
 
 def test_predict_writes_nothing_when_no_file_can_be_scored(exports, tmp_path):

@@ -214,6 +214,17 @@ def test_seed_backbones_train_step(backbone, channels):
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
 
 
+def test_the_family_model_hears_at_the_params_sample_rate():
+    from conftest import tiny_params
+
+    from birdclef.train import build_model
+
+    params = tiny_params()
+    model = build_model(params.family["eca"], 5, params.train, 22_050)
+    assert torch.equal(model.frontend.mel_filters, MelFrontend(sample_rate=22_050).mel_filters)
+    assert not torch.equal(model.frontend.mel_filters, MelFrontend(sample_rate=32_000).mel_filters)
+
+
 def test_channels_last_model_computes_what_the_contiguous_one_does():
     from conftest import tiny_params
 

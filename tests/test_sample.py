@@ -19,7 +19,7 @@ import soundfile as sf
 
 from birdclef import layout, readmes
 from birdclef.params import SampleParams
-from birdclef.sample import generate, species_catalogue
+from birdclef.sample import SampleError, generate, species_catalogue
 
 SMALL = SampleParams(
     seed=7, species=4, min_recordings=3, max_recordings=5, min_recording_seconds=2.0,
@@ -261,8 +261,18 @@ def test_output_is_replaced_whole_and_never_left_half_written(tmp_path, monkeypa
 @pytest.mark.parametrize("change, message", [
     ({"soundscape_seconds": 12}, "soundscape_seconds must be a multiple of 5"),
     ({"soundscape_seconds": 5}, "at least 10"),
-    ({"min_recordings": 4, "max_recordings": 3}, "min_recordings <= max_recordings")])
+    ({"min_recordings": 4, "max_recordings": 3}, "min_recordings <= max_recordings"),
+    ({"species": 0}, "species >= 1")])
 def test_impossible_sizes_are_refused(tmp_path, change, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SampleError, match=f"data.sample: .*{message}"):
         generate(tmp_path / "raw", replace(SMALL, **change))
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_rate_below_the_calls_is_refused_before_any_file(tmp_path):
+    with pytest.raises(SampleError, match="audio.sample_rate 16000 is too low for the sample.*at least 22050"):
+        generate(tmp_path / "raw", SMALL, 16_000)
+    assert not (tmp_path / "raw").exists()
+    generate(tmp_path / "raw", replace(SMALL, species=2, min_recordings=1, max_recordings=1), 22_050)
+    soundscapes = sorted((tmp_path / "raw" / layout.TEST_SOUNDSCAPES).iterdir())
+    assert soundscapes and {sf.info(path).samplerate for path in soundscapes} == {22_050}

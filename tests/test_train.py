@@ -40,6 +40,7 @@ def test_short_run_writes_its_outputs_and_is_deterministic(workspace):
     meta = json.loads((root / "models/a/meta.json").read_text())
     table, classes, _ = read_tables(root / "tables")
     assert meta["classes"] == classes and meta["backbone"] == params.family["eca"].backbone
+    assert meta["sample_rate"] == params.audio.sample_rate  # export rebuilds the mel front end from it
     oof = pd.read_csv(root / "models/a/oof.csv")
     assert list(oof.columns) == ["key", *classes] and len(oof) == meta["valid_files"]
     assert set(oof["key"]) <= set(table["key"])

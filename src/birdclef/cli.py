@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,9 +50,36 @@ def _load(params_path: Path):
         raise _fail(error) from None
 
 
+def _version(value: bool) -> None:
+    if value:
+        from birdclef import __version__
+
+        typer.echo(f"birdclef {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     """Bird-sound classification pipeline (BirdCLEF+ 2025 2nd-place recipe)."""
+    import signal
+    import sys
+
+    # `kill` and `timeout` send SIGTERM, which ends Python without unwinding: an output being
+    # written would leave its temporary sibling behind. As SystemExit it unwinds like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, shown=warnings.showwarning):
+    """This package's warnings are messages to the user: one line, without the source line that
+    Python prints; other packages' keep their file and line, which is what a report needs."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+    else:
+        shown(message, category, filename, lineno, file, line)
 
 
 @command
@@ -65,12 +93,16 @@ def download(
     Kaggle credentials)."""
     from birdclef.download import DownloadError, download as run
     from birdclef.outputs import OutputError
+    from birdclef.sample import SampleError
 
     params = _load(params_path)
+    _check_outputs(folders={"--out": out})
     try:
         summary = run(out, params)
     except (DownloadError, OutputError) as error:
         raise _fail(error) from None
+    except SampleError as error:
+        raise _fail(ValueError(f"{params_path}: {error}")) from None
     typer.echo(f"download: {summary}")
 
 
@@ -92,6 +124,7 @@ def precompute(
 
     params = _load(params_path)
     _check_external(external)
+    _check_outputs(folders={"--out": out})
     try:
         summary = run(raw, external, out, params)
     except (PrecomputeError, TableError, AudioError, OutputError) as error:
@@ -120,6 +153,7 @@ def prepare(
 
     params = _load(params_path)
     _check_external(external)
+    _check_outputs(folders={"--out": out})
     try:
         summary = run(raw, external, store, out, params)
     except (PrepareError, TableError, StoreError, OutputError) as error:
@@ -208,7 +242,7 @@ def train(
     paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
                      pretrained=pretrained or Path("models/pretrained") / f"{family}.pt",
                      out=out or Path("models") / run_name, logs=logs or Path("metrics/train") / run_name)
-    _check_outputs(folders={"--logs": paths.logs})
+    _check_outputs(folders={"--out": paths.out, "--logs": paths.logs})
     try:
         meta = train_fold(params, family, fold, paths)
     except (TrainError, PseudoError, StoreError, OutputError, TableError) as error:
@@ -276,9 +310,10 @@ def pseudo(
     trained_with = _round_pseudo(params, round)
     if inherit is not None:
         _check_folder(inherit, "--inherit", "the pseudo labels the round trained with")
+    out = out or Path(PSEUDO_ROOT) / round
+    _check_outputs(folders={"--out": out})
     try:
-        summary = pseudo_label_round(params, round, models, inherit or trained_with, store,
-                                     out or Path(PSEUDO_ROOT) / round)
+        summary = pseudo_label_round(params, round, models, inherit or trained_with, store, out)
     except (PseudoError, ExportError, OutputError, FileNotFoundError) as error:
         raise _fail(error) from None
     typer.echo(f"pseudo {round}: {summary}")
@@ -300,9 +335,10 @@ def export(
     params = _load(params_path)
     _check_family(params, family)
     models = models or Path("models") / params.export.round
-    window = params.audio.window_samples
+    out = out or Path("models/export") / family
+    _check_outputs(folders={"--out": out})
     try:
-        summary = export_family(models, family, params.folds, out or Path("models/export") / family, window)
+        summary = export_family(models, family, params.folds, out, params.audio.window_samples)
     except (ExportError, OutputError) as error:
         raise _fail(error) from None
     typer.echo(f"export {family}: parity {summary['parity']}")
@@ -374,6 +410,7 @@ def evaluate(
 @command
 def predict(
     inputs: Annotated[list[Path], typer.Argument(
+        metavar="RECORDINGS",
         help="Audio files, or folders searched recursively for .ogg .wav .flac .mp3 (.opus: convert first).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV of per-window scores.")] = Path("predictions.csv"),
     exports: Annotated[Path, typer.Option(help="The exported families.")] = Path("models/export"),
@@ -406,5 +443,9 @@ def predict(
     for label, kind in (("skipped", "skipped"), ("note", "notes")):
         for reason in summary[kind].values():
             typer.secho(f"{label}: {reason}", err=True, fg=typer.colors.YELLOW)
-    typer.echo(f"predict: {summary['files']} files, {summary['windows']} windows -> {out}"
+    typer.echo(f"predict: {_count(summary['files'], 'file')}, {_count(summary['windows'], 'window')} -> {out}"
                + (f"; {len(summary['skipped'])} skipped" if summary["skipped"] else ""))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -67,12 +67,18 @@ def soundscape_auc(labels, predictions, source: str) -> tuple[float, dict[str, f
 
 
 def read_submission(path: Path, labels):
-    """A submission to score against ``labels``, with their class columns."""
+    """A submission to score against ``labels``: their class columns, each a finite score per row."""
     import pandas as pd
 
     classes = [column for column in labels.columns if column != "row_id"]
     read_csv(path, ("row_id", *classes))  # a TableError names the file
-    return pd.read_csv(path)
+    frame = pd.read_csv(path)
+    broken = [name for name in classes
+              if not pd.api.types.is_numeric_dtype(frame[name]) or not np.isfinite(frame[name]).all()]
+    if broken:
+        raise TableError(f"{path}: column(s) {broken[:3]} hold a blank, text or infinite score; write the "
+                         "submission again (`dvc repro infer`).")
+    return frame
 
 
 def round_predictions(params, models: Path, store: Path, keys: list[str], classes: list[str]) -> dict:
@@ -111,6 +117,9 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
     metrics: dict = {}
     labels_path = raw / layout.TEST_LABELS_CSV
     labels = pd.read_csv(labels_path) if labels_path.is_file() else None
+    submitted = None  # scored first: a broken submission fails before the long part
+    if labels is not None and Path(submission).is_file():
+        submitted = soundscape_auc(labels, read_submission(submission, labels), str(submission))
     test_keys = AudioStore(store).keys(layout.TEST_SOUNDSCAPES)
     for round_params in params.rounds:
         round_models = models / round_params.name
@@ -124,9 +133,8 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
             result["soundscape_auc"] = soundscape_auc(labels, frames["ensemble"], source)[0]
         metrics[round_params.name] = result
     per_class = {}
-    if labels is not None and Path(submission).is_file():
-        scored = read_submission(submission, labels)
-        metrics["submission_soundscape_auc"], per_class = soundscape_auc(labels, scored, str(submission))
+    if submitted is not None:
+        metrics["submission_soundscape_auc"], per_class = submitted
     write_json(out, metrics)
     per_class_frame = pd.DataFrame({"species": list(per_class), "auc": list(per_class.values())})
     write_atomically(plots / "per_class_auc.csv", lambda tmp: per_class_frame.to_csv(tmp, index=False))

@@ -244,8 +244,9 @@ def raven_tables(paths: list[Path], inputs: list[Path]) -> dict[Path, str]:
         parts = path.relative_to(folder).parent.parts if folder is not None else ()
         name = "__".join([*parts, f"{path.stem}.selections.txt"])
         if name in owners:
-            raise InferError(f"{owners[name]} and {path} would both write the Raven table {name}; "
-                             "give their common parent folder instead, or rename one.")
+            fix = "rename one" if owners[name].parent == path.parent else \
+                "give their common parent folder instead, or rename one"
+            raise InferError(f"{owners[name]} and {path} would both write the Raven table {name}; {fix}.")
         names[path], owners[name] = name, path
     return names
 

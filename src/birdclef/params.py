@@ -270,13 +270,17 @@ def _check(params: Params, path: Path) -> None:
     if train.validate_every < 1 or train.epochs % train.validate_every:
         raise ParamsError(f"{path}: train.epochs ({train.epochs}) must be a multiple of train.validate_every "
                           f"({train.validate_every}, at least 1), so that the last epoch is validated.")
-    sample = params.data.sample
-    if params.data.source == "sample" and sample is None:
+    if params.data.source == "sample" and params.data.sample is None:
         raise ParamsError(f"{path}: 'data.source' is sample but there is no 'data.sample' section.")
-    if sample is not None and sample.min_recordings > sample.max_recordings:
-        raise ParamsError(f"{path}: data.sample.min_recordings exceeds max_recordings.")
-    if sample is not None and sample.min_recording_seconds > sample.max_recording_seconds:
-        raise ParamsError(f"{path}: data.sample.min_recording_seconds exceeds max_recording_seconds.")
+    weights = params.infer.family_weights
+    missing = [name for name in params.families if name not in weights]
+    if missing:
+        raise ParamsError(f"{path}: 'infer.family_weights' has no weight for {', '.join(missing)}; give every "
+                          "family in 'families' one (equal weights: the seed's mean).")
+    unknown = [name for name in weights if name not in params.family]
+    if unknown:
+        raise ParamsError(f"{path}: 'infer.family_weights' names {', '.join(unknown)}, which is no family; "
+                          f"known: {', '.join(params.family)}.")
 
 
 def _check_teachers(params: Params, path: Path) -> None:

@@ -26,6 +26,9 @@ from birdclef.params import SampleParams
 
 WINDOW_SECONDS = 5  # Kaggle scores soundscapes per 5-s window
 SHAPES = ("tone", "upsweep", "downsweep", "harmonic", "trill", "buzz")
+# The highest frequency a call reaches is 9.5 kHz x 1.05 (spread, pitch jitter); the far-field low-pass
+# corner is at most 9 kHz. 22.05 kHz, the next common rate, keeps both under Nyquist.
+MIN_SAMPLE_RATE = 22_050
 # Where a species' call may sit, per syllable shape: (lowest, highest) centre in Hz.
 CENTRE_HZ = {
     "tone": (1500, 8000),
@@ -177,7 +180,7 @@ def generate(out: Path, params: SampleParams, sample_rate: int = 32000) -> dict:
     """
     from birdclef.progress import progress_bar
 
-    _check(params)
+    _check(params, sample_rate)
     targets, extras = species_catalogue(params)
     plan = _plan(params, targets, extras, sample_rate)
     jobs = _jobs(plan, params.soundscape_seconds, sample_rate)
@@ -226,13 +229,20 @@ def species_catalogue(params: SampleParams) -> tuple[list[Species], list[Species
     return sorted(targets, key=lambda s: s.label), sorted(extras, key=lambda s: s.label)
 
 
-def _check(params: SampleParams) -> None:
+class SampleError(ValueError):
+    """Settings the sample cannot be generated with; names the params keys to change."""
+
+
+def _check(params: SampleParams, sample_rate: int) -> None:
     if params.species < 1 or params.min_recordings < 1 or params.min_recordings > params.max_recordings:
-        raise ValueError("sample: need species >= 1 and 1 <= min_recordings <= max_recordings.")
+        raise SampleError("data.sample: need species >= 1 and 1 <= min_recordings <= max_recordings.")
     if not 0 < params.min_recording_seconds <= params.max_recording_seconds:
-        raise ValueError("sample: need 0 < min_recording_seconds <= max_recording_seconds.")
+        raise SampleError("data.sample: need 0 < min_recording_seconds <= max_recording_seconds.")
     if params.soundscape_seconds < 2 * WINDOW_SECONDS or params.soundscape_seconds % WINDOW_SECONDS:
-        raise ValueError(f"sample: soundscape_seconds must be a multiple of {WINDOW_SECONDS}, at least 10.")
+        raise SampleError(f"data.sample: soundscape_seconds must be a multiple of {WINDOW_SECONDS}, at least 10.")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise SampleError(f"audio.sample_rate {sample_rate} is too low for the sample, whose calls reach "
+                          f"~10 kHz; use at least {MIN_SAMPLE_RATE} (the competition's rate is 32000).")
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
