@@ -180,22 +180,35 @@ def test_sample_settings_it_cannot_generate_are_named_before_any_file(tmp_path, 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def test_a_terminated_command_leaves_no_temporary_output(tmp_path):
-    """`kill` and `timeout` send SIGTERM: the half-written folder beside the output goes too."""
+@pytest.mark.parametrize("interrupt", ["SIGTERM", "Ctrl-C"])
+def test_an_interrupted_download_keeps_the_earlier_output_and_no_temporary(tmp_path, interrupt):
+    """`kill` and `timeout` send SIGTERM to the command; Ctrl-C sends SIGINT to its whole process
+    group, the sample's worker processes included. Either way the earlier dataset stays as it
+    was, the half-written folder beside it goes, and the command ends promptly."""
     import signal
     import subprocess
     import time
 
+    from birdclef import layout
+
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / layout.TAXONOMY_CSV).write_text("an earlier download")
     command = subprocess.Popen([python(), "-m", "birdclef", "download", "--out", "raw"], cwd=tmp_path, env=env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not any((tmp_path / "raw.tmp").rglob("*.ogg")) and command.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert command.poll() is None, "the download ended before it could be terminated"
-    command.send_signal(signal.SIGTERM)
-    assert command.wait(timeout=60) == 128 + signal.SIGTERM
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+    assert command.poll() is None, "the download ended before it could be interrupted"
+    if interrupt == "SIGTERM":
+        command.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(command.pid, signal.SIGINT)
+    status = command.wait(timeout=60)
+    assert status == 128 + (signal.SIGTERM if interrupt == "SIGTERM" else signal.SIGINT)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml", "raw"]
+    assert [path.name for path in (tmp_path / "raw").iterdir()] == [layout.TAXONOMY_CSV]
+    assert (tmp_path / "raw" / layout.TAXONOMY_CSV).read_text() == "an earlier download"
     assert "Traceback" not in command.stderr.read()
 
 

@@ -10,9 +10,13 @@ draws from its own generator, so the same params give byte-identical files.
 from __future__ import annotations
 
 import io
+import os
+import signal
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -172,34 +176,39 @@ class _Recording:
     row: dict
 
 
-def generate(out: Path, params: SampleParams, sample_rate: int = 32000) -> dict:
+def generate(out: Path, params: SampleParams, sample_rate: int = 32000, workers: int | None = None) -> dict:
     """Write the sample into ``out`` (normally data/raw). Returns a small summary dict (counts).
 
     Written through ``folder_written_atomically``: an interrupted run leaves the previous
-    dataset (or none), never half of one.
+    dataset (or none), never half of one. The audio files are made by ``workers`` processes
+    (default: one per core); each file has its own random stream, so their number changes nothing.
     """
     from birdclef.progress import progress_bar
 
     _check(params, sample_rate)
-    targets, extras = species_catalogue(params)
-    plan = _plan(params, targets, extras, sample_rate)
-    jobs = _jobs(plan, params.soundscape_seconds, sample_rate)
-    tables = 7  # the csv files of _tables
     events: dict[str, list] = {}
     seconds = 0.0
-    with folder_written_atomically(out, layout.TAXONOMY_CSV) as tmp, progress_bar("sample dataset", len(jobs) + tables) as advance:
-        for stream, index, relative, make in jobs:
-            audio, rate, calls = make(_rng(params.seed, STREAM[stream], index))
-            _write_audio(tmp / relative, audio, rate)
-            if stream == layout.TEST_SOUNDSCAPES:
-                events[Path(relative).stem] = calls
-            seconds += len(audio) / rate
-            advance()
-        for relative, table in _tables(plan, events, params.soundscape_seconds).items():
-            path = tmp / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(path, index=False)
-            advance()
+    with (folder_written_atomically(out, layout.TAXONOMY_CSV) as tmp,
+          _baseline_numpy_workers(workers or os.cpu_count() or 1) as pool):
+        # Every number is drawn and computed in the workers, the plan's and the labels' too.
+        targets, extras, plan = pool.submit(_planned, params, sample_rate).result()
+        jobs = _jobs(plan, params.soundscape_seconds, sample_rate)
+        tables = 7  # the csv files of _tables
+        with progress_bar("sample dataset", len(jobs) + tables) as advance:
+            made = [pool.submit(_make_file, tmp / relative, make, params.seed, STREAM[stream], index)
+                    for stream, index, relative, make in jobs]
+            for (stream, _, relative, _), file in zip(jobs, made):
+                file_seconds, calls = file.result()
+                if stream == layout.TEST_SOUNDSCAPES:
+                    events[Path(relative).stem] = calls
+                seconds += file_seconds
+                advance()
+            labelled = pool.submit(_tables, plan, events, params.soundscape_seconds).result()
+            for relative, table in labelled.items():
+                path = tmp / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                table.to_csv(path, index=False)
+                advance()
         readmes.write_readme(tmp / layout.PSEUDO, readmes.PSEUDO)
     return {
         "species": len(targets),
@@ -214,6 +223,50 @@ def generate(out: Path, params: SampleParams, sample_rate: int = 32000) -> dict:
         "audio_seconds": round(seconds, 1),
         "bytes": sum(path.stat().st_size for path in out.rglob("*") if path.is_file()),
     }
+
+
+@contextmanager
+def _baseline_numpy_workers(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes whose numpy runs its baseline kernels only, so the files are the same
+    on every CPU.
+
+    numpy picks its float64 sin, exp and power kernels by CPU when it is imported (AVX2,
+    AVX-512), and they differ in the last bit. Rounded to float32 for writing, such a bit now and
+    then flips a sample, and one flipped sample changes a whole encoded file: one of the 264 on
+    an AVX-512 CPU. numpy reads ``NPY_DISABLE_CPU_FEATURES`` when it is imported, so the workers
+    are fresh interpreters (spawned, not forked), started while it is set.
+    """
+    import multiprocessing
+
+    simd = np.show_config(mode="dicts")["SIMD Extensions"]
+    optional = simd.get("found", []) + simd.get("not found", [])  # this process may run with some off
+    before = os.environ.get("NPY_DISABLE_CPU_FEATURES")
+    os.environ["NPY_DISABLE_CPU_FEATURES"] = " ".join(optional)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        yield pool
+    finally:
+        # After Ctrl-C (which the workers ignore: the main process handles it) or an error, the
+        # files not started are dropped and the running ones finish before their folder goes.
+        pool.shutdown(cancel_futures=True)
+        if before is None:
+            del os.environ["NPY_DISABLE_CPU_FEATURES"]
+        else:
+            os.environ["NPY_DISABLE_CPU_FEATURES"] = before
+
+
+def _planned(params: SampleParams, sample_rate: int) -> tuple[list[Species], list[Species], _Plan]:
+    """The species and the plan of every file (in a worker)."""
+    targets, extras = species_catalogue(params)
+    return targets, extras, _plan(params, targets, extras, sample_rate)
+
+
+def _make_file(path: Path, make: Callable, seed: int, *key: int) -> tuple[float, list]:
+    """Make and write one audio file (in a worker); returns its seconds and call events."""
+    audio, rate, calls = make(_rng(seed, *key))
+    _write_audio(path, audio, rate)
+    return len(audio) / rate, calls
 
 
 def species_catalogue(params: SampleParams) -> tuple[list[Species], list[Species]]:
