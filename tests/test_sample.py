@@ -229,8 +229,8 @@ def test_windows_labelled_with_a_species_hold_more_of_its_band(raw):
 
 
 def test_rare_and_common_species_both_occur(tmp_path):
-    quick = replace(SMALL, species=3, min_recordings=1, max_recordings=16, min_recording_seconds=0.5,
-                    max_recording_seconds=1.0, test_soundscapes=1, soundscape_seconds=10, pretrain_extra_species=0)
+    quick = replace(SMALL, species=3, min_recordings=1, max_recordings=16, min_recording_seconds=1.0,
+                    max_recording_seconds=1.5, test_soundscapes=1, soundscape_seconds=10, pretrain_extra_species=0)
     for seed in (1, 2):
         summary = generate(tmp_path / "raw", replace(quick, seed=seed))
         counts = pd.read_csv(tmp_path / "raw" / layout.TRAIN_CSV).primary_label.value_counts()
@@ -259,7 +259,10 @@ def test_output_is_replaced_whole(tmp_path):
     ({"soundscape_seconds": 12}, "soundscape_seconds must be a multiple of 5"),
     ({"soundscape_seconds": 5}, "at least 10"),
     ({"min_recordings": 4, "max_recordings": 3}, "min_recordings <= max_recordings"),
-    ({"species": 0}, "species >= 1")])
+    ({"species": 0}, "species >= 1"),
+    ({"test_soundscapes": 0}, "test_soundscapes >= 1"),
+    ({"min_recording_seconds": 0.5}, "1 <= min_recording_seconds"),
+    ({"seed": -1, "background_clips": -2}, "seed, background_clips must be >= 0")])
 def test_impossible_sizes_are_refused(tmp_path, change, message):
     with pytest.raises(SampleError, match=f"data.sample: .*{message}"):
         generate(tmp_path / "raw", replace(SMALL, **change))

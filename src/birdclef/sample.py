@@ -289,8 +289,16 @@ class SampleError(ValueError):
 def _check(params: SampleParams, sample_rate: int) -> None:
     if params.species < 1 or params.min_recordings < 1 or params.min_recordings > params.max_recordings:
         raise SampleError("data.sample: need species >= 1 and 1 <= min_recordings <= max_recordings.")
-    if not 0 < params.min_recording_seconds <= params.max_recording_seconds:
-        raise SampleError("data.sample: need 0 < min_recording_seconds <= max_recording_seconds.")
+    counts = ("seed", "extra_recordings_per_species", "train_soundscapes", "calls_per_soundscape",
+              "background_clips", "pretrain_extra_species", "pretrain_recordings_per_species")
+    negative = [name for name in counts if getattr(params, name) < 0]
+    if negative:
+        raise SampleError(f"data.sample: {', '.join(negative)} must be >= 0.")
+    if params.test_soundscapes < 1:
+        raise SampleError("data.sample: need test_soundscapes >= 1 (infer and evaluate score them).")
+    # A recording's first call starts up to 0.6 s in: a shorter recording could hold no call.
+    if not 1 <= params.min_recording_seconds <= params.max_recording_seconds:
+        raise SampleError("data.sample: need 1 <= min_recording_seconds <= max_recording_seconds.")
     if params.soundscape_seconds < 2 * WINDOW_SECONDS or params.soundscape_seconds % WINDOW_SECONDS:
         raise SampleError(f"data.sample: soundscape_seconds must be a multiple of {WINDOW_SECONDS}, at least 10.")
     if sample_rate < MIN_SAMPLE_RATE:
