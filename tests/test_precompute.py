@@ -137,6 +137,14 @@ def test_bad_tables_are_refused_before_decoding(raw_dataset, tmp_path, params, e
     assert not (tmp_path / "store").exists()
 
 
+def test_missing_train_table_is_named_with_the_fix(raw_dataset, tmp_path, params):
+    (raw_dataset / "train.csv").unlink()
+    with pytest.raises(PrecomputeError, match=rf"^{re.escape(str(raw_dataset / 'train.csv'))}: not found; "
+                                              r"run the download stage first \(`dvc repro download`\)"):
+        run_precompute(raw_dataset, tmp_path / "store", params)
+    assert not (tmp_path / "store").exists()
+
+
 def test_unknown_secondary_labels_are_pruned(raw_dataset):
     from birdclef.tables import read_taxonomy, read_train_table
 

@@ -83,6 +83,9 @@ def check_tables(raw: Path, external: Path) -> None:
     from birdclef.tables import read_taxonomy, read_train_table
 
     vocabulary = read_taxonomy(raw / layout.TAXONOMY_CSV)
+    if not (raw / layout.TRAIN_CSV).is_file():  # unlike the optional tables below
+        raise PrecomputeError(f"{raw / layout.TRAIN_CSV}: not found; run the download stage first "
+                              "(`dvc repro download`).")
     read_train_table(raw / layout.TRAIN_CSV, raw / layout.TRAIN_AUDIO, vocabulary)
     optional = [
         (raw / layout.EXTRA_CSV, raw / layout.EXTRA_AUDIO, vocabulary),
