@@ -7,6 +7,7 @@ import pytest
 from conftest import tone
 
 from birdclef.audio import decode
+from birdclef.outputs import OutputError
 from birdclef.precompute import PrecomputeError, precompute
 from birdclef.prepare import prepare
 from birdclef.store import AudioStore, StoreError
@@ -111,6 +112,34 @@ def test_stale_shards_of_an_old_plan_are_removed(raw_dataset, tmp_path, params):
     run_precompute(raw_dataset, out, params, files_per_shard=1)
     run_precompute(raw_dataset, out, params, files_per_shard=100)
     assert sorted(p.name for p in out.glob("*.h5")) == ["train_audio-000.h5", "train_soundscapes-000.h5"]
+
+
+def write_files(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text(name)
+    return {name: name for name in names}
+
+
+def test_folder_of_other_h5_files_is_refused_untouched(raw_dataset, tmp_path, params):
+    """Someone's weights.h5 is no sign of an earlier store: precompute must not clean the folder out."""
+    files = write_files(tmp_path / "mymodels", ["weights.h5", "report.tmp", "notes.txt", "model-001.h5"])
+    message = r"mymodels holds files this command did not write \(no <collection>-NNN.h5\)"
+    with pytest.raises(OutputError, match=message):
+        run_precompute(raw_dataset, tmp_path / "mymodels", params)
+    assert {p.name: p.read_text() for p in (tmp_path / "mymodels").iterdir()} == files
+
+
+def test_only_the_stores_own_files_are_removed_from_it(raw_dataset, tmp_path, params):
+    out = tmp_path / "store"
+    run_precompute(raw_dataset, out, params)
+    store = {p.name for p in out.iterdir()}
+    others = write_files(out, ["weights.h5", "report.tmp", "notes.txt", "model-001.h5", "train_audio-000.h5x"])
+    write_files(out, ["extra-000.h5", "background-1000.h5", "train_audio-000.h5.tmp", "index.csv.tmp",
+                      "skipped.csv.tmp"])  # an earlier plan's shards, an interrupted run's leftovers
+    run_precompute(raw_dataset, out, params)
+    assert {p.name for p in out.iterdir()} == store | set(others)
+    assert all((out / name).read_text() == name for name in others)
 
 
 @pytest.mark.parametrize("edit, message", [

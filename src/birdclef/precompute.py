@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,13 +32,16 @@ from birdclef.store import (
 
 FORMAT_VERSION = "1"
 SKIPPED_CSV = "skipped.csv"
-SHARD_GLOB = "*.h5*"  # finished shards, and those an interrupted run left half-written
+COLLECTIONS = sorted({collection_of(folder) for folder in layout.RAW_AUDIO_FOLDERS} | {layout.EXTERNAL_PREFIX})
+# The names of shards (see plan_shards), finished or left half-written by an interrupted run.
+SHARD_NAME = re.compile(rf"(?:{'|'.join(COLLECTIONS)})-\d{{3,}}\.h5(?:\.tmp)?")
+SHARD_NAMES = "<collection>-NNN.h5"  # how errors name them
 # How many unlisted recordings an error names before it only counts the rest.
 MAX_NAMED = 10
 
 
 class PrecomputeError(RuntimeError):
-    """A recording could not be decoded and ``precompute.on_error`` is ``fail``."""
+    """An input is missing, or a recording cannot be stored and ``precompute.on_error`` is ``fail``."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def _decode_or_reason(source: Source, sample_rate: int) -> Recording | str:
 def precompute(raw: Path, external: Path, out: Path, params: Params, progress: bool = True) -> Summary:
     """Decode everything under ``raw`` and ``external`` into shards in ``out``."""
     raw, external = Path(raw), Path(external)
-    out = check_replaceable(out, SHARD_GLOB)  # stale shards in it are deleted
+    out = check_replaceable(out, _store_marker(Path(out)))  # stale shards in it are deleted
     check_tables(raw, external)
     settings = params.precompute
     sample_rate = params.audio.sample_rate
@@ -241,12 +245,20 @@ def _decoded(sources: list[Source], sample_rate: int, workers: int):
                 pending.append((following, pool.submit(_decode_or_reason, following, sample_rate)))
 
 
+def _store_marker(out: Path) -> str:
+    """The glob that ``check_replaceable`` takes as the sign of an earlier store in ``out``: the
+    name of a shard there, if any (a glob cannot spell ``SHARD_NAME``). Any ``.h5`` would not
+    do: a folder of someone's ``weights.h5`` would then be taken for a store and cleaned out."""
+    names = (path.name for path in out.iterdir()) if out.is_dir() else ()
+    return next((name for name in names if SHARD_NAME.fullmatch(name)), SHARD_NAMES)
+
+
 def _remove_stale(out: Path, keep: set[str]) -> None:
-    """Delete shards of an earlier plan and leftovers of an interrupted write."""
+    """Delete shards of an earlier plan and leftovers of an interrupted write: only files
+    named as precompute names them, so nothing else in ``out`` is lost."""
+    leftovers = {INDEX_CSV + ".tmp", SKIPPED_CSV + ".tmp"}  # see outputs.write_atomically
     for path in out.iterdir():
-        if path.name in keep or path.name in (INDEX_CSV, SKIPPED_CSV):
-            continue
-        if path.suffix == ".h5" or path.name.endswith(".tmp"):
+        if path.name not in keep and (SHARD_NAME.fullmatch(path.name) or path.name in leftovers):
             path.unlink()
 
 
