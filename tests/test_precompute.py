@@ -77,6 +77,52 @@ def test_skip_mode_lists_bad_files(raw_dataset, tmp_path, params):
     assert summary.recordings == len(AudioStore(tmp_path / "store"))
 
 
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_recording_that_resamples_to_nothing_is_not_stored(raw_dataset, tmp_path, params, on_error):
+    """One sample at 96 kHz is none at 32 kHz: stored, it would train its label on silence."""
+    import soundfile as sf
+
+    external = tmp_path / "external"
+    write_external(raw_dataset, external, "amerob/blip.wav")
+    sf.write(external / "audio" / "amerob" / "blip.wav", np.array([0.5], dtype=np.float32), 96000)
+    reason = r"blip.wav: 0 samples after resampling from 96000 Hz to 32000 Hz, too short to train on"
+    if on_error == "fail":
+        with pytest.raises(PrecomputeError, match=reason):
+            run_precompute(raw_dataset, tmp_path / "store", params, external, on_error=on_error)
+        assert not (tmp_path / "store" / "index.csv").exists()
+        return
+    run_precompute(raw_dataset, tmp_path / "store", params, external, on_error=on_error)
+    skipped = pd.read_csv(tmp_path / "store" / "skipped.csv")
+    assert skipped["key"].tolist() == ["external/audio/amerob/blip.wav"]
+    assert re.search(reason, skipped["reason"][0])
+    assert "external/audio/amerob/blip.wav" not in AudioStore(tmp_path / "store")
+
+
+@pytest.mark.parametrize("dtype, on_error", [("float16", "fail"), ("float16", "skip"), ("float32", "fail")])
+def test_samples_beyond_float16_are_not_stored_as_infinity(raw_dataset, tmp_path, params, dtype, on_error):
+    import soundfile as sf
+
+    loud = raw_dataset / "train_audio" / "amerob" / "XC1000.wav"
+    sf.write(loud, tone(500, 1.0, 32000, level=70000.0).astype(np.float32), 32000, subtype="FLOAT")
+    key, out = "train_audio/amerob/XC1000.wav", tmp_path / "store"
+    reason = (r"XC1000.wav: peak 70000 is beyond float16's range \(±65504\) and would be stored as infinity; "
+              r"normalise the file \(e.g. to \[-1, 1\]\) or set precompute.dtype: float32")
+    if dtype == "float32":
+        run_precompute(raw_dataset, out, params, dtype=dtype, on_error=on_error)
+        assert np.abs(AudioStore(out).read(key)).max() == pytest.approx(70000.0)
+    elif on_error == "fail":
+        with pytest.raises(PrecomputeError, match=reason):
+            run_precompute(raw_dataset, out, params, dtype=dtype, on_error=on_error)
+        assert not (out / "index.csv").exists()
+    else:
+        run_precompute(raw_dataset, out, params, dtype=dtype, on_error=on_error)
+        skipped = pd.read_csv(out / "skipped.csv")
+        assert skipped["key"].tolist() == [key] and re.search(reason, skipped["reason"][0])
+        store = AudioStore(out)
+        assert key not in store
+        assert all(np.isfinite(store.read(other)).all() for other in store.keys())
+
+
 def test_interrupted_run_resumes_from_finished_shards(raw_dataset, tmp_path, params):
     """A failure in the last shard keeps the finished ones; the re-run only does the rest."""
     out = tmp_path / "store"

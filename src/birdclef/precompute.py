@@ -16,6 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from birdclef import layout
 from birdclef.audio import AudioError, Recording, decode
 from birdclef.outputs import check_replaceable, write_atomically
@@ -38,6 +40,11 @@ SHARD_NAME = re.compile(rf"(?:{'|'.join(COLLECTIONS)})-\d{{3,}}\.h5(?:\.tmp)?")
 SHARD_NAMES = "<collection>-NNN.h5"  # how errors name them
 # How many unlisted recordings an error names before it only counts the rest.
 MAX_NAMED = 10
+# Training left-pads a recording to its window, so a few samples still train (as a click);
+# an empty one would train its label on pure silence. No higher floor: the scale benchmark
+# (benchmarks/scale.py) stores 10-ms recordings on purpose.
+MIN_SAMPLES = 1
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: larger samples are stored as infinity
 
 
 class PrecomputeError(RuntimeError):
@@ -149,11 +156,26 @@ def fingerprints(plan: ShardPlan, sample_rate: int, dtype: str, modes: tuple[str
     return [digest.hexdigest() for digest in digests]
 
 
-def _decode_or_reason(source: Source, sample_rate: int) -> Recording | str:
+def _decode_or_reason(source: Source, sample_rate: int, dtype: str) -> Recording | str:
+    """The recording decoded, or why it cannot be stored (naming the file).
+
+    ``decode`` checks the file before resampling and knows no ``dtype``; here the samples are
+    checked as they will be stored: a very short file can resample to none, and float16 overflows.
+    """
     try:
-        return decode(source.path, sample_rate)
+        recording = decode(source.path, sample_rate)
     except AudioError as error:
         return str(error)
+    samples = len(recording.wave)
+    if samples < MIN_SAMPLES:
+        return (f"{source.path}: {samples} samples after resampling from {recording.source_rate} Hz to "
+                f"{sample_rate} Hz, too short to train on; delete or replace it.")
+    if dtype == "float16":
+        peak = float(np.abs(recording.wave).max())
+        if peak > FLOAT16_MAX:
+            return (f"{source.path}: peak {peak:.6g} is beyond float16's range (±{FLOAT16_MAX:.0f}) and would be "
+                    "stored as infinity; normalise the file (e.g. to [-1, 1]) or set precompute.dtype: float32.")
+    return recording
 
 
 def precompute(raw: Path, external: Path, out: Path, params: Params, progress: bool = True) -> Summary:
@@ -203,7 +225,7 @@ def precompute(raw: Path, external: Path, out: Path, params: Params, progress: b
 def _write_shard(out, plan, expected, sample_rate, dtype, on_error, workers, summary, advance):
     writer = ShardWriter(out / plan.name, sample_rate, dtype, expected)
     try:
-        for source, result in _decoded(plan.sources, sample_rate, workers):
+        for source, result in _decoded(plan.sources, sample_rate, dtype, workers):
             if isinstance(result, str):
                 if on_error == "fail":
                     raise PrecomputeError(f"{result}\n(Or skip such files, listed then in {out / SKIPPED_CSV}: "
@@ -221,20 +243,20 @@ def _write_shard(out, plan, expected, sample_rate, dtype, on_error, workers, sum
     summary.shards_written += 1
 
 
-def _decoded(sources: list[Source], sample_rate: int, workers: int):
+def _decoded(sources: list[Source], sample_rate: int, dtype: str, workers: int):
     """Yield (source, Recording or failure reason) in order, decoding up to ``workers`` ahead.
 
     The look-ahead is bounded, so memory stays flat however many files a shard holds.
     """
     if workers <= 1:
         for source in sources:
-            yield source, _decode_or_reason(source, sample_rate)
+            yield source, _decode_or_reason(source, sample_rate, dtype)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         queue = iter(sources)
         for source in queue:
-            pending.append((source, pool.submit(_decode_or_reason, source, sample_rate)))
+            pending.append((source, pool.submit(_decode_or_reason, source, sample_rate, dtype)))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -242,7 +264,7 @@ def _decoded(sources: list[Source], sample_rate: int, workers: int):
             yield source, future.result()
             following = next(queue, None)
             if following is not None:
-                pending.append((following, pool.submit(_decode_or_reason, following, sample_rate)))
+                pending.append((following, pool.submit(_decode_or_reason, following, sample_rate, dtype)))
 
 
 def _store_marker(out: Path) -> str:
