@@ -154,7 +154,7 @@ def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command, marker", [("precompute", "*.h5*"), ("prepare", "classes.json")])
+@pytest.mark.parametrize("command, marker", [("precompute", "<collection>-NNN.h5"), ("prepare", "classes.json")])
 def test_data_stages_refuse_to_write_into_a_foreign_folder(tmp_path, command, marker):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (tmp_path / "mine").mkdir()
