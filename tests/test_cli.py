@@ -53,6 +53,11 @@ def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
     (lambda p: p["train"].update(epochs=0), "'train.epochs' is 0; it must be more than 0"),
     (lambda p: p["train"].update(batch_size=0), "'train.batch_size' is 0; it must be more than 0"),
     (lambda p: p["precompute"].update(workers=-2), "'precompute.workers' is -2; it must be 0 or more (0: all cores)"),
+    (lambda p: p["prepare"].update(rare_max_recordings=-5),
+     "'prepare.rare_max_recordings' is -5; it must be 0 or more (0: no rare species)"),
+    (lambda p: p["prepare"].update(oversample_to=-3), "'prepare.oversample_to' is -3; it must be 0 or more (0: off)"),
+    (lambda p: p["prepare"].update(split_seed=-1), "'prepare.split_seed' is -1; it must lie in 0..4294967295"),
+    (lambda p: p["prepare"].update(split_seed=2**32), "'prepare.split_seed' is 4294967296; it must lie in 0..4294967295"),
     (lambda p: p["train"].update(epochs=5, validate_every=2), "train.epochs (5) must be a multiple of train.validate_every"),
     (lambda p: p.update(teachers={}), "round round1 trains with data/pseudo/round0, which no stage writes; "
                                       "add 'teachers.round0: data/raw/pseudo'"),
@@ -149,7 +154,7 @@ def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command, marker", [("precompute", "*.h5*"), ("prepare", "classes.json")])
+@pytest.mark.parametrize("command, marker", [("precompute", "<collection>-NNN.h5"), ("prepare", "classes.json")])
 def test_data_stages_refuse_to_write_into_a_foreign_folder(tmp_path, command, marker):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (tmp_path / "mine").mkdir()

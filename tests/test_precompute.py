@@ -7,6 +7,7 @@ import pytest
 from conftest import tone
 
 from birdclef.audio import decode
+from birdclef.outputs import OutputError
 from birdclef.precompute import PrecomputeError, precompute
 from birdclef.prepare import prepare
 from birdclef.store import AudioStore, StoreError
@@ -76,6 +77,52 @@ def test_skip_mode_lists_bad_files(raw_dataset, tmp_path, params):
     assert summary.recordings == len(AudioStore(tmp_path / "store"))
 
 
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_recording_that_resamples_to_nothing_is_not_stored(raw_dataset, tmp_path, params, on_error):
+    """One sample at 96 kHz is none at 32 kHz: stored, it would train its label on silence."""
+    import soundfile as sf
+
+    external = tmp_path / "external"
+    write_external(raw_dataset, external, "amerob/blip.wav")
+    sf.write(external / "audio" / "amerob" / "blip.wav", np.array([0.5], dtype=np.float32), 96000)
+    reason = r"blip.wav: 0 samples after resampling from 96000 Hz to 32000 Hz, too short to train on"
+    if on_error == "fail":
+        with pytest.raises(PrecomputeError, match=reason):
+            run_precompute(raw_dataset, tmp_path / "store", params, external, on_error=on_error)
+        assert not (tmp_path / "store" / "index.csv").exists()
+        return
+    run_precompute(raw_dataset, tmp_path / "store", params, external, on_error=on_error)
+    skipped = pd.read_csv(tmp_path / "store" / "skipped.csv")
+    assert skipped["key"].tolist() == ["external/audio/amerob/blip.wav"]
+    assert re.search(reason, skipped["reason"][0])
+    assert "external/audio/amerob/blip.wav" not in AudioStore(tmp_path / "store")
+
+
+@pytest.mark.parametrize("dtype, on_error", [("float16", "fail"), ("float16", "skip"), ("float32", "fail")])
+def test_samples_beyond_float16_are_not_stored_as_infinity(raw_dataset, tmp_path, params, dtype, on_error):
+    import soundfile as sf
+
+    loud = raw_dataset / "train_audio" / "amerob" / "XC1000.wav"
+    sf.write(loud, tone(500, 1.0, 32000, level=70000.0).astype(np.float32), 32000, subtype="FLOAT")
+    key, out = "train_audio/amerob/XC1000.wav", tmp_path / "store"
+    reason = (r"XC1000.wav: peak 70000 is beyond float16's range \(±65504\) and would be stored as infinity; "
+              r"normalise the file \(e.g. to \[-1, 1\]\) or set precompute.dtype: float32")
+    if dtype == "float32":
+        run_precompute(raw_dataset, out, params, dtype=dtype, on_error=on_error)
+        assert np.abs(AudioStore(out).read(key)).max() == pytest.approx(70000.0)
+    elif on_error == "fail":
+        with pytest.raises(PrecomputeError, match=reason):
+            run_precompute(raw_dataset, out, params, dtype=dtype, on_error=on_error)
+        assert not (out / "index.csv").exists()
+    else:
+        run_precompute(raw_dataset, out, params, dtype=dtype, on_error=on_error)
+        skipped = pd.read_csv(out / "skipped.csv")
+        assert skipped["key"].tolist() == [key] and re.search(reason, skipped["reason"][0])
+        store = AudioStore(out)
+        assert key not in store
+        assert all(np.isfinite(store.read(other)).all() for other in store.keys())
+
+
 def test_interrupted_run_resumes_from_finished_shards(raw_dataset, tmp_path, params):
     """A failure in the last shard keeps the finished ones; the re-run only does the rest."""
     out = tmp_path / "store"
@@ -113,6 +160,34 @@ def test_stale_shards_of_an_old_plan_are_removed(raw_dataset, tmp_path, params):
     assert sorted(p.name for p in out.glob("*.h5")) == ["train_audio-000.h5", "train_soundscapes-000.h5"]
 
 
+def write_files(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text(name)
+    return {name: name for name in names}
+
+
+def test_folder_of_other_h5_files_is_refused_untouched(raw_dataset, tmp_path, params):
+    """Someone's weights.h5 is no sign of an earlier store: precompute must not clean the folder out."""
+    files = write_files(tmp_path / "mymodels", ["weights.h5", "report.tmp", "notes.txt", "model-001.h5"])
+    message = r"mymodels holds files this command did not write \(no <collection>-NNN.h5\)"
+    with pytest.raises(OutputError, match=message):
+        run_precompute(raw_dataset, tmp_path / "mymodels", params)
+    assert {p.name: p.read_text() for p in (tmp_path / "mymodels").iterdir()} == files
+
+
+def test_only_the_stores_own_files_are_removed_from_it(raw_dataset, tmp_path, params):
+    out = tmp_path / "store"
+    run_precompute(raw_dataset, out, params)
+    store = {p.name for p in out.iterdir()}
+    others = write_files(out, ["weights.h5", "report.tmp", "notes.txt", "model-001.h5", "train_audio-000.h5x"])
+    write_files(out, ["extra-000.h5", "background-1000.h5", "train_audio-000.h5.tmp", "index.csv.tmp",
+                      "skipped.csv.tmp"])  # an earlier plan's shards, an interrupted run's leftovers
+    run_precompute(raw_dataset, out, params)
+    assert {p.name for p in out.iterdir()} == store | set(others)
+    assert all((out / name).read_text() == name for name in others)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.assign(primary_label=["zzzzz"] + t["primary_label"].tolist()[1:]),
      r"train.csv:2: unknown primary_label 'zzzzz'; use a species of taxonomy.csv .*the download "
@@ -133,6 +208,14 @@ def test_bad_tables_are_refused_before_decoding(raw_dataset, tmp_path, params, e
     table = pd.read_csv(raw_dataset / "train.csv", dtype=str, keep_default_na=False)
     edit(table).to_csv(raw_dataset / "train.csv", index=False)
     with pytest.raises(TableError, match=message):
+        run_precompute(raw_dataset, tmp_path / "store", params)
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_train_table_is_named_with_the_fix(raw_dataset, tmp_path, params):
+    (raw_dataset / "train.csv").unlink()
+    with pytest.raises(PrecomputeError, match=rf"^{re.escape(str(raw_dataset / 'train.csv'))}: not found; "
+                                              r"run the download stage first \(`dvc repro download`\)"):
         run_precompute(raw_dataset, tmp_path / "store", params)
     assert not (tmp_path / "store").exists()
 

@@ -230,7 +230,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 # Settings that would otherwise fail deep inside a library (soxr, the DataLoader, a division).
 POSITIVE = ("audio.sample_rate", "audio.window_seconds", "train.epochs", "train.batch_size",
             "precompute.files_per_shard", "infer.streams")
-NOT_NEGATIVE = {"precompute.workers": "all cores", "infer.top_n": "TopN off", "infer.threads": "all cores"}
+NOT_NEGATIVE = {"precompute.workers": "all cores", "infer.top_n": "TopN off", "infer.threads": "all cores",
+                "prepare.rare_max_recordings": "no rare species", "prepare.oversample_to": "off"}
+# numpy's and sklearn's seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
 
 
 def _check(params: Params, path: Path) -> None:
@@ -263,6 +266,9 @@ def _check(params: Params, path: Path) -> None:
     for key, zero in NOT_NEGATIVE.items():
         if _get(params, key) < 0:
             raise ParamsError(f"{path}: '{key}' is {_get(params, key)!r}; it must be 0 or more (0: {zero}).")
+    if not 0 <= params.prepare.split_seed <= MAX_SEED:
+        raise ParamsError(f"{path}: 'prepare.split_seed' is {params.prepare.split_seed!r}; it must lie in "
+                          f"0..{MAX_SEED}.")
     if params.infer.precision not in (None, "f32", "bf16"):
         raise ParamsError(f"{path}: 'infer.precision' is {params.infer.precision!r}; use f32, bf16 or null "
                           "(the CPU's default: bf16 where it has it).")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from birdclef import layout
 from birdclef.audio import AudioError, Recording, decode
@@ -31,13 +34,21 @@ from birdclef.store import (
 
 FORMAT_VERSION = "1"
 SKIPPED_CSV = "skipped.csv"
-SHARD_GLOB = "*.h5*"  # finished shards, and those an interrupted run left half-written
+COLLECTIONS = sorted({collection_of(folder) for folder in layout.RAW_AUDIO_FOLDERS} | {layout.EXTERNAL_PREFIX})
+# The names of shards (see plan_shards), finished or left half-written by an interrupted run.
+SHARD_NAME = re.compile(rf"(?:{'|'.join(COLLECTIONS)})-\d{{3,}}\.h5(?:\.tmp)?")
+SHARD_NAMES = "<collection>-NNN.h5"  # how errors name them
 # How many unlisted recordings an error names before it only counts the rest.
 MAX_NAMED = 10
+# Training left-pads a recording to its window, so a few samples still train (as a click);
+# an empty one would train its label on pure silence. No higher floor: the scale benchmark
+# (benchmarks/scale.py) stores 10-ms recordings on purpose.
+MIN_SAMPLES = 1
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: larger samples are stored as infinity
 
 
 class PrecomputeError(RuntimeError):
-    """A recording could not be decoded and ``precompute.on_error`` is ``fail``."""
+    """An input is missing, or a recording cannot be stored and ``precompute.on_error`` is ``fail``."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,9 @@ def check_tables(raw: Path, external: Path) -> None:
     from birdclef.tables import read_taxonomy, read_train_table
 
     vocabulary = read_taxonomy(raw / layout.TAXONOMY_CSV)
+    if not (raw / layout.TRAIN_CSV).is_file():  # unlike the optional tables below
+        raise PrecomputeError(f"{raw / layout.TRAIN_CSV}: not found; run the download stage first "
+                              "(`dvc repro download`).")
     read_train_table(raw / layout.TRAIN_CSV, raw / layout.TRAIN_AUDIO, vocabulary)
     optional = [
         (raw / layout.EXTRA_CSV, raw / layout.EXTRA_AUDIO, vocabulary),
@@ -142,17 +156,32 @@ def fingerprints(plan: ShardPlan, sample_rate: int, dtype: str, modes: tuple[str
     return [digest.hexdigest() for digest in digests]
 
 
-def _decode_or_reason(source: Source, sample_rate: int) -> Recording | str:
+def _decode_or_reason(source: Source, sample_rate: int, dtype: str) -> Recording | str:
+    """The recording decoded, or why it cannot be stored (naming the file).
+
+    ``decode`` checks the file before resampling and knows no ``dtype``; here the samples are
+    checked as they will be stored: a very short file can resample to none, and float16 overflows.
+    """
     try:
-        return decode(source.path, sample_rate)
+        recording = decode(source.path, sample_rate)
     except AudioError as error:
         return str(error)
+    samples = len(recording.wave)
+    if samples < MIN_SAMPLES:
+        return (f"{source.path}: {samples} samples after resampling from {recording.source_rate} Hz to "
+                f"{sample_rate} Hz, too short to train on; delete or replace it.")
+    if dtype == "float16":
+        peak = float(np.abs(recording.wave).max())
+        if peak > FLOAT16_MAX:
+            return (f"{source.path}: peak {peak:.6g} is beyond float16's range (±{FLOAT16_MAX:.0f}) and would be "
+                    "stored as infinity; normalise the file (e.g. to [-1, 1]) or set precompute.dtype: float32.")
+    return recording
 
 
 def precompute(raw: Path, external: Path, out: Path, params: Params, progress: bool = True) -> Summary:
     """Decode everything under ``raw`` and ``external`` into shards in ``out``."""
     raw, external = Path(raw), Path(external)
-    out = check_replaceable(out, SHARD_GLOB)  # stale shards in it are deleted
+    out = check_replaceable(out, _store_marker(Path(out)))  # stale shards in it are deleted
     check_tables(raw, external)
     settings = params.precompute
     sample_rate = params.audio.sample_rate
@@ -196,7 +225,7 @@ def precompute(raw: Path, external: Path, out: Path, params: Params, progress: b
 def _write_shard(out, plan, expected, sample_rate, dtype, on_error, workers, summary, advance):
     writer = ShardWriter(out / plan.name, sample_rate, dtype, expected)
     try:
-        for source, result in _decoded(plan.sources, sample_rate, workers):
+        for source, result in _decoded(plan.sources, sample_rate, dtype, workers):
             if isinstance(result, str):
                 if on_error == "fail":
                     raise PrecomputeError(f"{result}\n(Or skip such files, listed then in {out / SKIPPED_CSV}: "
@@ -214,20 +243,20 @@ def _write_shard(out, plan, expected, sample_rate, dtype, on_error, workers, sum
     summary.shards_written += 1
 
 
-def _decoded(sources: list[Source], sample_rate: int, workers: int):
+def _decoded(sources: list[Source], sample_rate: int, dtype: str, workers: int):
     """Yield (source, Recording or failure reason) in order, decoding up to ``workers`` ahead.
 
     The look-ahead is bounded, so memory stays flat however many files a shard holds.
     """
     if workers <= 1:
         for source in sources:
-            yield source, _decode_or_reason(source, sample_rate)
+            yield source, _decode_or_reason(source, sample_rate, dtype)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         queue = iter(sources)
         for source in queue:
-            pending.append((source, pool.submit(_decode_or_reason, source, sample_rate)))
+            pending.append((source, pool.submit(_decode_or_reason, source, sample_rate, dtype)))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -235,15 +264,23 @@ def _decoded(sources: list[Source], sample_rate: int, workers: int):
             yield source, future.result()
             following = next(queue, None)
             if following is not None:
-                pending.append((following, pool.submit(_decode_or_reason, following, sample_rate)))
+                pending.append((following, pool.submit(_decode_or_reason, following, sample_rate, dtype)))
+
+
+def _store_marker(out: Path) -> str:
+    """The glob that ``check_replaceable`` takes as the sign of an earlier store in ``out``: the
+    name of a shard there, if any (a glob cannot spell ``SHARD_NAME``). Any ``.h5`` would not
+    do: a folder of someone's ``weights.h5`` would then be taken for a store and cleaned out."""
+    names = (path.name for path in out.iterdir()) if out.is_dir() else ()
+    return next((name for name in names if SHARD_NAME.fullmatch(name)), SHARD_NAMES)
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:
-    """Delete shards of an earlier plan and leftovers of an interrupted write."""
+    """Delete shards of an earlier plan and leftovers of an interrupted write: only files
+    named as precompute names them, so nothing else in ``out`` is lost."""
+    leftovers = {INDEX_CSV + ".tmp", SKIPPED_CSV + ".tmp"}  # see outputs.write_atomically
     for path in out.iterdir():
-        if path.name in keep or path.name in (INDEX_CSV, SKIPPED_CSV):
-            continue
-        if path.suffix == ".h5" or path.name.endswith(".tmp"):
+        if path.name not in keep and (SHARD_NAME.fullmatch(path.name) or path.name in leftovers):
             path.unlink()
 
 
