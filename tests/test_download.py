@@ -222,3 +222,23 @@ def test_background_clips_with_one_name_are_refused_not_overwritten(tmp_path):
     with pytest.raises(unpack.LayoutError, match=r"1-100032-A-0.wav and .*1-100032-A-0.wav differ but would "
                                                  r"both be background/audio/esc50/1-100032-A-0.wav"):
         unpack.background([part2, part3], tmp_path / "raw", tmp_path / "scratch")
+
+
+def test_a_rerun_over_complete_downloads_needs_no_credentials_nor_network(tmp_path):
+    """Credentials are checked (online, for a token) only when a download is missing."""
+    from kaggle_archives import PSEUDO_FILES, SPECIES, write_archives
+
+    archives = write_archives(tmp_path / "archives", SPECIES, {"eca": "lcnet_050", "ebs": "lcnet_050"})
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project, "birdclef2025", pseudo={"published": PSEUDO_FILES})
+    run([python(), "-m", "birdclef", "download"], project, environment(
+        tmp_path, KAGGLE_USERNAME="someone", KAGGLE_KEY="secret", FAKE_KAGGLE_ARCHIVES=str(archives)))
+    calls = (archives / "calls.log").read_text()
+    shutil.rmtree(project / "data/raw")
+    offline = environment(tmp_path, FAKE_KAGGLE_OFFLINE="1", FAKE_KAGGLE_ARCHIVES=str(archives))
+    run([python(), "-m", "birdclef", "download"], project, offline)
+    assert (project / "data/raw/train.csv").is_file() and (archives / "calls.log").read_text() == calls
+    (project / "data/downloads/bird-clef-2025-pseudo/.complete").unlink()
+    result = run([python(), "-m", "birdclef", "download"], project, offline, check=False)
+    assert result.returncode == 1 and "Kaggle credentials not found" in result.stderr

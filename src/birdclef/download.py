@@ -81,13 +81,16 @@ def download_birdclef2025(out: Path, downloads: Path, pseudo_files: list[str]) -
     from birdclef import unpack
     from birdclef.tables import TableError, read_taxonomy
 
-    api = _kaggle_api()
+    folders = {reference: downloads / reference.split("/")[-1] for reference in (COMPETITION, *DATASETS)}
+    # Credentials (an access token is checked online) only when something is left to fetch:
+    # a re-run over complete downloads works offline.
+    api = None if all((folder / ".complete").is_file() for folder in folders.values()) else _kaggle_api()
     downloads.mkdir(parents=True, exist_ok=True)
-    folders = {COMPETITION: _fetch(downloads / COMPETITION, lambda folder: api.competition_download_files(
-        COMPETITION, path=str(folder), quiet=False))}
+    _fetch(folders[COMPETITION], lambda folder: api.competition_download_files(
+        COMPETITION, path=str(folder), quiet=False))
     for reference in DATASETS:
-        folders[reference] = _fetch(downloads / reference.split("/")[1], lambda folder, ref=reference:
-                                    api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
+        _fetch(folders[reference], lambda folder, ref=reference:
+               api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
     try:
         with folder_written_atomically(out, layout.TAXONOMY_CSV) as tmp:
             summary = unpack.competition(folders[COMPETITION], tmp)
