@@ -242,3 +242,36 @@ def test_a_rerun_over_complete_downloads_needs_no_credentials_nor_network(tmp_pa
     (project / "data/downloads/bird-clef-2025-pseudo/.complete").unlink()
     result = run([python(), "-m", "birdclef", "download"], project, offline, check=False)
     assert result.returncode == 1 and "Kaggle credentials not found" in result.stderr
+
+
+@pytest.mark.parametrize(("files", "env", "found"), [
+    ({"cfg/access_token": "token"}, {"KAGGLE_CONFIG_DIR": "~/cfg"}, False),  # the client reads ~/.kaggle only
+    ({".kaggle/access_token": "token"}, {"KAGGLE_CONFIG_DIR": "~/cfg"}, True),
+    ({".kaggle/access_token.txt": "token"}, {}, True),
+    ({".kaggle/access_token": "\n"}, {}, False),
+    ({"token": "token"}, {"KAGGLE_API_TOKEN": "~/token"}, True),  # a path to the token
+    ({"token": ""}, {"KAGGLE_API_TOKEN": "~/token"}, False),
+    ({}, {"KAGGLE_API_TOKEN": "KGAT_0123"}, True),
+    ({"cfg/kaggle.json": '{"username": "u", "key": "k"}'}, {"KAGGLE_CONFIG_DIR": "~/cfg"}, True),
+    ({".config/kaggle/kaggle.json": '{"username": "u", "key": "k"}'}, {}, True),  # XDG, no ~/.kaggle
+    ({"xdg/kaggle/kaggle.json": '{"username": "u", "key": "k"}'}, {"XDG_CONFIG_HOME": "~/xdg"}, True),
+    ({"xdg/kaggle/kaggle.json": '{"username": "u", "key": "k"}', ".kaggle/other": ""},
+     {"XDG_CONFIG_HOME": "~/xdg"}, False),  # ~/.kaggle exists: the client reads kaggle.json there only
+    ({".kaggle/kaggle.json": '{"key": "k"}'}, {"KAGGLE_USERNAME": "u"}, True),
+    ({".kaggle/kaggle.json": '{"username": "u", "key":'}, {}, False),  # unparsable: ignored
+    ({".kaggle/credentials.json": '{"refresh_token": "r"}'}, {}, True),  # `kaggle auth login`
+    ({".kaggle/credentials.json": '{"refresh_token": ""}'}, {}, False),
+])
+def test_the_credential_check_looks_where_the_kaggle_client_looks(tmp_path, monkeypatch, files, env, found):
+    """The places and order of kaggle 2.x (``KaggleApi.authenticate``, ``kagglesdk.kaggle_env``)."""
+    from birdclef.download import kaggle_credentials_found
+
+    for name in [name for name in os.environ if name.startswith("KAGGLE_")] + ["XDG_CONFIG_HOME"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for name, value in env.items():  # ~ is the home folder
+        monkeypatch.setenv(name, value.replace("~", str(tmp_path), 1) if value.startswith("~/") else value)
+    assert kaggle_credentials_found() is found
