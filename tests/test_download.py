@@ -275,3 +275,25 @@ def test_the_credential_check_looks_where_the_kaggle_client_looks(tmp_path, monk
     for name, value in env.items():  # ~ is the home folder
         monkeypatch.setenv(name, value.replace("~", str(tmp_path), 1) if value.startswith("~/") else value)
     assert kaggle_credentials_found() is found
+
+
+@pytest.mark.parametrize("text", ["", "filename,author\na.mp3,x\n\"b.mp3,y,z\n", "filename,author\na,b\nc,d,e\n"])
+def test_an_empty_or_malformed_csv_in_the_extra_data_is_named(tmp_path, text):
+    from kaggle_archives import SPECIES, add_data
+
+    folder = add_data(tmp_path / "add-data")
+    (folder / "broken.csv").write_text(text)
+    with pytest.raises(unpack.LayoutError, match=rf"{folder / 'broken.csv'}: unreadable CSV .*; delete {folder} "
+                                                 "and download again"):
+        unpack.extra_audio(folder, tmp_path / "raw", set(SPECIES))
+
+
+def test_an_empty_esc50_meta_csv_is_named(tmp_path):
+    from kaggle_archives import parts_2023
+
+    part2, part3 = tmp_path / "part2", tmp_path / "part3"
+    parts_2023(part2, part3, tmp_path / "scratch")
+    (part2 / "esc50" / "meta").mkdir()
+    (part2 / "esc50" / "meta" / "esc50.csv").write_text("")
+    with pytest.raises(unpack.LayoutError, match=rf"esc50/meta/esc50.csv: unreadable CSV .*; delete {part2} and"):
+        unpack.background([part2, part3], tmp_path / "raw", tmp_path / "scratch")

@@ -107,7 +107,7 @@ def _enrich(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
     """Fill the train.csv columns: from a CSV of the dataset naming the same files, else blank."""
     table["key"] = table["filename"].str.split("/", n=1).str[1]
     for path in sorted(folder.glob("*.csv")):  # name order: an earlier CSV's values win
-        metadata = pd.read_csv(path, dtype=str, keep_default_na=False)
+        metadata = _read_csv(path, folder)
         if "filename" not in metadata.columns:
             continue
         # A blank cell leaves the value to a later row or CSV.
@@ -123,6 +123,15 @@ def _enrich(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
         else:
             table[column] = defaults.get(column, "")
     return table.drop(columns="key")
+
+
+def _read_csv(path: Path, download: Path) -> pd.DataFrame:
+    """A CSV of ``download`` as strings; pandas' errors for a damaged one name no file."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        reason = str(error).removeprefix("Error tokenizing data. C error: ").strip()
+        raise LayoutError(f"{path}: unreadable CSV ({reason}); delete {download} and download again.") from None
 
 
 def published_backbones(folder: Path, out: Path) -> dict:
@@ -208,7 +217,7 @@ def _unzip_parts(parts: list[Path], target: Path) -> Path:
 def _esc50_categories(folder: Path):
     """File name -> ESC-50 category: from a meta CSV with filename and category, else the name."""
     for path in sorted(folder.rglob("*.csv")):
-        meta = pd.read_csv(path, dtype=str)
+        meta = _read_csv(path, folder.parent)
         if {"filename", "category"} <= set(meta.columns):
             mapping = dict(zip(meta["filename"], meta["category"]))
             return lambda name: mapping.get(name, _esc50_from_name(name))
