@@ -297,3 +297,15 @@ def test_an_empty_esc50_meta_csv_is_named(tmp_path):
     (part2 / "esc50" / "meta" / "esc50.csv").write_text("")
     with pytest.raises(unpack.LayoutError, match=rf"esc50/meta/esc50.csv: unreadable CSV .*; delete {part2} and"):
         unpack.background([part2, part3], tmp_path / "raw", tmp_path / "scratch")
+
+
+def test_extra_data_without_audio_is_named(tmp_path):
+    from kaggle_archives import SPECIES, add_data
+
+    folder = add_data(tmp_path / "add-data")
+    for source in unpack.EXTRA_FOLDERS:
+        shutil.rmtree(folder / source)
+        (folder / source / SPECIES[0]).mkdir(parents=True)
+    with pytest.raises(unpack.LayoutError, match=rf"{folder / unpack.EXTRA_FOLDERS[0]}: no audio files; "
+                                                 rf"delete {folder} and download again"):
+        unpack.extra_audio(folder, tmp_path / "raw", set(SPECIES))

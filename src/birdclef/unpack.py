@@ -86,7 +86,10 @@ def extra_audio(folder: Path, out: Path, vocabulary: set[str]) -> dict:
     for source in EXTRA_FOLDERS:
         if not (folder / source).is_dir():
             raise LayoutError(f"{folder}: no {source}/ folder; delete the folder and download again.")
-        for path in audio_files(folder / source):
+        paths = list(audio_files(folder / source))
+        if not paths:  # the authors' folders hold thousands of recordings
+            raise LayoutError(f"{folder / source}: no audio files; delete {folder} and download again.")
+        for path in paths:
             relative = path.relative_to(folder / source)
             if len(relative.parts) != 2:
                 raise LayoutError(f"{path}: expected {source}/<label>/<file>.")
