@@ -309,3 +309,25 @@ def test_extra_data_without_audio_is_named(tmp_path):
     with pytest.raises(unpack.LayoutError, match=rf"{folder / unpack.EXTRA_FOLDERS[0]}: no audio files; "
                                                  rf"delete {folder} and download again"):
         unpack.extra_audio(folder, tmp_path / "raw", set(SPECIES))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_a_damaged_nocall_part_is_fetched_anew_on_the_next_run(tmp_path, damage):
+    """The parts keep their .complete markers otherwise: "download again" would never happen."""
+    from kaggle_archives import parts_2023
+
+    part2, part3 = tmp_path / "part2", tmp_path / "part3"
+    parts_2023(part2, part3, tmp_path / "scratch")
+    for part in (part2, part3):
+        (part / ".complete").touch()
+    piece = part3 / "soundscapes_nocall.zip.part-ab"
+    if damage == "truncate":
+        piece.write_bytes(piece.read_bytes()[:100])
+    else:
+        for part in (part2, part3):
+            next(part.glob("soundscapes_nocall.zip.part-*")).unlink()
+    with pytest.raises(unpack.LayoutError, match=rf"removed the .complete marker of {part2}, {part3}: "
+                                                 "run the stage again to fetch them anew"):
+        unpack.background([part2, part3], tmp_path / "raw", tmp_path / "downloads")
+    assert not (part2 / ".complete").exists() and not (part3 / ".complete").exists()
+    assert not (tmp_path / "downloads" / unpack.NOCALL_ARCHIVE).exists()

@@ -165,14 +165,15 @@ def background(parts: list[Path], out: Path, scratch: Path) -> dict:
     nocall = _unzip_parts(parts, scratch / "soundscapes_nocall")
     esc50 = [folder for part in parts for folder in [part / "esc50"] if folder.is_dir()]
     if not esc50:
-        raise LayoutError(f"no esc50/ folder in {', '.join(map(str, parts))}; download them again.")
+        raise LayoutError(f"no esc50/ folder in {', '.join(map(str, parts))}; {_fetch_again(parts)}")
     # The 2023 part2 nests the ESC-50 clips as esc50/esc50/audio/*.wav: search the whole tree.
     sources = (("nocall", nocall, lambda name: "nocall"), ("esc50", esc50[0], _esc50_categories(esc50[0])))
     rows, found = [], {}
     for source, root, category_of in sources:
         clips = list(audio_files(root))
         if not clips:
-            raise LayoutError(f"{root} holds no {source} audio; download the 2023 parts again.")
+            stale = [*parts, nocall] if source == "nocall" else parts  # the joined zip is cached too
+            raise LayoutError(f"{root} holds no {source} audio; {_fetch_again(stale)}")
         for path in clips:
             name = f"{source}/{path.name}"
             if name in found:
@@ -197,7 +198,7 @@ def _unzip_parts(parts: list[Path], target: Path) -> Path:
     pieces = sorted((path for part in parts for path in part.glob(f"{NOCALL_ARCHIVE}.part-*")),
                     key=lambda path: path.name)
     if not pieces:
-        raise LayoutError(f"no {NOCALL_ARCHIVE}.part-* in {', '.join(map(str, parts))}; download them again.")
+        raise LayoutError(f"no {NOCALL_ARCHIVE}.part-* in {', '.join(map(str, parts))}; {_fetch_again(parts)}")
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     joined = target.with_name(NOCALL_ARCHIVE)
@@ -210,11 +211,19 @@ def _unzip_parts(parts: list[Path], target: Path) -> Path:
             archive.extractall(target)
     except (zipfile.BadZipFile, zlib.error, EOFError):
         raise LayoutError(f"{joined}: joining {', '.join(piece.name for piece in pieces)} did not give a "
-                          "valid zip (a part is missing or damaged); download the 2023 parts again.") from None
+                          f"valid zip (a part is missing or damaged); {_fetch_again(parts)}") from None
     finally:
         joined.unlink()
     marker.touch()
     return target
+
+
+def _fetch_again(folders: list[Path]) -> str:
+    """Drop the downloads' ``.complete`` markers: advice to download again would repeat forever."""
+    for folder in folders:
+        (folder / ".complete").unlink(missing_ok=True)
+    return (f"removed the .complete marker of {', '.join(map(str, folders))}: run the stage again to "
+            "fetch them anew.")
 
 
 def _esc50_categories(folder: Path):
