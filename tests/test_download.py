@@ -331,3 +331,48 @@ def test_a_damaged_nocall_part_is_fetched_anew_on_the_next_run(tmp_path, damage)
         unpack.background([part2, part3], tmp_path / "raw", tmp_path / "downloads")
     assert not (part2 / ".complete").exists() and not (part3 / ".complete").exists()
     assert not (tmp_path / "downloads" / unpack.NOCALL_ARCHIVE).exists()
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from birdclef import unpack
+from birdclef.download import DownloadError, _fetch
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+root = Path(sys.argv[3])
+try:
+    if sys.argv[1] == "join":
+        unpack.background([root / "part2", root / "part3"], root / "raw", root / "downloads")
+    else:
+        _fetch(root / "dataset", lambda folder: None)  # the archive is already there
+except DownloadError as error:
+    sys.exit(str(error))
+"""
+
+
+def test_a_full_disk_while_joining_the_nocall_parts_is_named_and_leaves_no_partial_zip(tmp_path):
+    from kaggle_archives import parts_2023
+
+    parts_2023(tmp_path / "part2", tmp_path / "part3", tmp_path / "scratch")
+    limit = (tmp_path / "scratch" / unpack.NOCALL_ARCHIVE).stat().st_size // 4
+    result = run([python(), "-c", FULL_DISK, "join", str(limit), str(tmp_path)], tmp_path,
+                 environment(tmp_path), check=False)
+    joined = tmp_path / "downloads" / unpack.NOCALL_ARCHIVE
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{joined}: joining or unzipping the no-call parts failed ([Errno 27] File too large)" in result.stderr
+    assert "free disk space and run the stage again" in result.stderr
+    assert not joined.exists() and not (tmp_path / "downloads/soundscapes_nocall/.complete").exists()
+
+
+def test_a_full_disk_while_unpacking_a_download_is_named(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    with zipfile.ZipFile(tmp_path / "dataset" / "x.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.bin", bytes(1 << 20))  # 1 MiB of zeros in about 1 kB
+    result = run([python(), "-c", FULL_DISK, "fetch", str(1 << 16), str(tmp_path)], tmp_path,
+                 environment(tmp_path), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'dataset' / 'x.zip'}: unpacking failed ([Errno 27] File too large)" in result.stderr
+    assert "free disk space and run the stage again" in result.stderr
+    assert not (tmp_path / "dataset" / ".complete").exists()

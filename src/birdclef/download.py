@@ -162,6 +162,9 @@ def _fetch(folder: Path, fetch) -> Path:
         except (zipfile.BadZipFile, zlib.error, EOFError):  # bad directory, bad deflate data, cut short
             archive.unlink()
             raise DownloadError(f"{archive}: damaged download; run the stage again to fetch it anew.") from None
+        except OSError as error:  # a full disk: no marker is written, so the next run starts over
+            raise DownloadError(f"{archive}: unpacking failed ({error}); free disk space and run the "
+                                "stage again.") from None
         archive.unlink()
     marker.write_text("".join(checksums))  # sha256, bytes, name of each archive as fetched
     return folder

@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from birdclef import layout, readmes
+from birdclef.download import DownloadError
 
 EXTRA_FOLDERS = ("add_train_audio_from_prev_comps", "add_train_audio_from_xeno_canto_28032025")
 NOCALL_ARCHIVE = "soundscapes_nocall.zip"
@@ -202,18 +203,21 @@ def _unzip_parts(parts: list[Path], target: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     joined = target.with_name(NOCALL_ARCHIVE)
-    with open(joined, "wb") as handle:
-        for piece in pieces:
-            with open(piece, "rb") as source:
-                shutil.copyfileobj(source, handle, 1 << 24)
     try:
+        with open(joined, "wb") as handle:
+            for piece in pieces:
+                with open(piece, "rb") as source:
+                    shutil.copyfileobj(source, handle, 1 << 24)
         with zipfile.ZipFile(joined) as archive:
             archive.extractall(target)
     except (zipfile.BadZipFile, zlib.error, EOFError):
         raise LayoutError(f"{joined}: joining {', '.join(piece.name for piece in pieces)} did not give a "
                           f"valid zip (a part is missing or damaged); {_fetch_again(parts)}") from None
+    except OSError as error:  # a full disk; no marker, so the next run joins and unzips again
+        raise DownloadError(f"{joined}: joining or unzipping the no-call parts failed ({error}); free disk "
+                            "space and run the stage again.") from None
     finally:
-        joined.unlink()
+        joined.unlink(missing_ok=True)
     marker.touch()
     return target
 
