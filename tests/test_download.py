@@ -222,3 +222,157 @@ def test_background_clips_with_one_name_are_refused_not_overwritten(tmp_path):
     with pytest.raises(unpack.LayoutError, match=r"1-100032-A-0.wav and .*1-100032-A-0.wav differ but would "
                                                  r"both be background/audio/esc50/1-100032-A-0.wav"):
         unpack.background([part2, part3], tmp_path / "raw", tmp_path / "scratch")
+
+
+def test_a_rerun_over_complete_downloads_needs_no_credentials_nor_network(tmp_path):
+    """Credentials are checked (online, for a token) only when a download is missing."""
+    from kaggle_archives import PSEUDO_FILES, SPECIES, write_archives
+
+    archives = write_archives(tmp_path / "archives", SPECIES, {"eca": "lcnet_050", "ebs": "lcnet_050"})
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project, "birdclef2025", pseudo={"published": PSEUDO_FILES})
+    run([python(), "-m", "birdclef", "download"], project, environment(
+        tmp_path, KAGGLE_USERNAME="someone", KAGGLE_KEY="secret", FAKE_KAGGLE_ARCHIVES=str(archives)))
+    calls = (archives / "calls.log").read_text()
+    shutil.rmtree(project / "data/raw")
+    offline = environment(tmp_path, FAKE_KAGGLE_OFFLINE="1", FAKE_KAGGLE_ARCHIVES=str(archives))
+    run([python(), "-m", "birdclef", "download"], project, offline)
+    assert (project / "data/raw/train.csv").is_file() and (archives / "calls.log").read_text() == calls
+    (project / "data/downloads/bird-clef-2025-pseudo/.complete").unlink()
+    result = run([python(), "-m", "birdclef", "download"], project, offline, check=False)
+    assert result.returncode == 1 and "Kaggle credentials not found" in result.stderr
+
+
+@pytest.mark.parametrize(("files", "env", "found"), [
+    ({"cfg/access_token": "token"}, {"KAGGLE_CONFIG_DIR": "~/cfg"}, False),  # the client reads ~/.kaggle only
+    ({".kaggle/access_token": "token"}, {"KAGGLE_CONFIG_DIR": "~/cfg"}, True),
+    ({".kaggle/access_token.txt": "token"}, {}, True),
+    ({".kaggle/access_token": "\n"}, {}, False),
+    ({"token": "token"}, {"KAGGLE_API_TOKEN": "~/token"}, True),  # a path to the token
+    ({"token": ""}, {"KAGGLE_API_TOKEN": "~/token"}, False),
+    ({}, {"KAGGLE_API_TOKEN": "KGAT_0123"}, True),
+    ({"cfg/kaggle.json": '{"username": "u", "key": "k"}'}, {"KAGGLE_CONFIG_DIR": "~/cfg"}, True),
+    ({".config/kaggle/kaggle.json": '{"username": "u", "key": "k"}'}, {}, True),  # XDG, no ~/.kaggle
+    ({"xdg/kaggle/kaggle.json": '{"username": "u", "key": "k"}'}, {"XDG_CONFIG_HOME": "~/xdg"}, True),
+    ({"xdg/kaggle/kaggle.json": '{"username": "u", "key": "k"}', ".kaggle/other": ""},
+     {"XDG_CONFIG_HOME": "~/xdg"}, False),  # ~/.kaggle exists: the client reads kaggle.json there only
+    ({".kaggle/kaggle.json": '{"key": "k"}'}, {"KAGGLE_USERNAME": "u"}, True),
+    ({".kaggle/kaggle.json": '{"username": "u", "key":'}, {}, False),  # unparsable: ignored
+    ({".kaggle/credentials.json": '{"refresh_token": "r"}'}, {}, True),  # `kaggle auth login`
+    ({".kaggle/credentials.json": '{"refresh_token": ""}'}, {}, False),
+])
+def test_the_credential_check_looks_where_the_kaggle_client_looks(tmp_path, monkeypatch, files, env, found):
+    """The places and order of kaggle 2.x (``KaggleApi.authenticate``, ``kagglesdk.kaggle_env``)."""
+    from birdclef.download import kaggle_credentials_found
+
+    for name in [name for name in os.environ if name.startswith("KAGGLE_")] + ["XDG_CONFIG_HOME"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for name, value in env.items():  # ~ is the home folder
+        monkeypatch.setenv(name, value.replace("~", str(tmp_path), 1) if value.startswith("~/") else value)
+    assert kaggle_credentials_found() is found
+
+
+@pytest.mark.parametrize("text", ["", "filename,author\na.mp3,x\n\"b.mp3,y,z\n", "filename,author\na,b\nc,d,e\n"])
+def test_an_empty_or_malformed_csv_in_the_extra_data_is_named(tmp_path, text):
+    from kaggle_archives import SPECIES, add_data
+
+    folder = add_data(tmp_path / "add-data")
+    (folder / "broken.csv").write_text(text)
+    with pytest.raises(unpack.LayoutError, match=rf"{folder / 'broken.csv'}: unreadable CSV .*; delete {folder} "
+                                                 "and download again"):
+        unpack.extra_audio(folder, tmp_path / "raw", set(SPECIES))
+
+
+def test_an_empty_esc50_meta_csv_is_named(tmp_path):
+    from kaggle_archives import parts_2023
+
+    part2, part3 = tmp_path / "part2", tmp_path / "part3"
+    parts_2023(part2, part3, tmp_path / "scratch")
+    (part2 / "esc50" / "meta").mkdir()
+    (part2 / "esc50" / "meta" / "esc50.csv").write_text("")
+    with pytest.raises(unpack.LayoutError, match=rf"esc50/meta/esc50.csv: unreadable CSV .*; delete {part2} and"):
+        unpack.background([part2, part3], tmp_path / "raw", tmp_path / "scratch")
+
+
+def test_extra_data_without_audio_is_named(tmp_path):
+    from kaggle_archives import SPECIES, add_data
+
+    folder = add_data(tmp_path / "add-data")
+    for source in unpack.EXTRA_FOLDERS:
+        shutil.rmtree(folder / source)
+        (folder / source / SPECIES[0]).mkdir(parents=True)
+    with pytest.raises(unpack.LayoutError, match=rf"{folder / unpack.EXTRA_FOLDERS[0]}: no audio files; "
+                                                 rf"delete {folder} and download again"):
+        unpack.extra_audio(folder, tmp_path / "raw", set(SPECIES))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_a_damaged_nocall_part_is_fetched_anew_on_the_next_run(tmp_path, damage):
+    """The parts keep their .complete markers otherwise: "download again" would never happen."""
+    from kaggle_archives import parts_2023
+
+    part2, part3 = tmp_path / "part2", tmp_path / "part3"
+    parts_2023(part2, part3, tmp_path / "scratch")
+    for part in (part2, part3):
+        (part / ".complete").touch()
+    piece = part3 / "soundscapes_nocall.zip.part-ab"
+    if damage == "truncate":
+        piece.write_bytes(piece.read_bytes()[:100])
+    else:
+        for part in (part2, part3):
+            next(part.glob("soundscapes_nocall.zip.part-*")).unlink()
+    with pytest.raises(unpack.LayoutError, match=rf"removed the .complete marker of {part2}, {part3}: "
+                                                 "run the stage again to fetch them anew"):
+        unpack.background([part2, part3], tmp_path / "raw", tmp_path / "downloads")
+    assert not (part2 / ".complete").exists() and not (part3 / ".complete").exists()
+    assert not (tmp_path / "downloads" / unpack.NOCALL_ARCHIVE).exists()
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from birdclef import unpack
+from birdclef.download import DownloadError, _fetch
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+root = Path(sys.argv[3])
+try:
+    if sys.argv[1] == "join":
+        unpack.background([root / "part2", root / "part3"], root / "raw", root / "downloads")
+    else:
+        _fetch(root / "dataset", lambda folder: None)  # the archive is already there
+except DownloadError as error:
+    sys.exit(str(error))
+"""
+
+
+def test_a_full_disk_while_joining_the_nocall_parts_is_named_and_leaves_no_partial_zip(tmp_path):
+    from kaggle_archives import parts_2023
+
+    parts_2023(tmp_path / "part2", tmp_path / "part3", tmp_path / "scratch")
+    limit = (tmp_path / "scratch" / unpack.NOCALL_ARCHIVE).stat().st_size // 4
+    result = run([python(), "-c", FULL_DISK, "join", str(limit), str(tmp_path)], tmp_path,
+                 environment(tmp_path), check=False)
+    joined = tmp_path / "downloads" / unpack.NOCALL_ARCHIVE
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{joined}: joining or unzipping the no-call parts failed ([Errno 27] File too large)" in result.stderr
+    assert "free disk space and run the stage again" in result.stderr
+    assert not joined.exists() and not (tmp_path / "downloads/soundscapes_nocall/.complete").exists()
+
+
+def test_a_full_disk_while_unpacking_a_download_is_named(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    with zipfile.ZipFile(tmp_path / "dataset" / "x.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.bin", bytes(1 << 20))  # 1 MiB of zeros in about 1 kB
+    result = run([python(), "-c", FULL_DISK, "fetch", str(1 << 16), str(tmp_path)], tmp_path,
+                 environment(tmp_path), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'dataset' / 'x.zip'}: unpacking failed ([Errno 27] File too large)" in result.stderr
+    assert "free disk space and run the stage again" in result.stderr
+    assert not (tmp_path / "dataset" / ".complete").exists()

@@ -10,7 +10,9 @@ missing; ``data/raw`` is assembled in a temporary folder (``unpack``) and rename
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -47,21 +49,52 @@ def download(out: Path, params: Params) -> str:
 
 
 def kaggle_credentials_found() -> bool:
-    """Whether the kaggle client will find credentials (it looks in these places)."""
-    if os.environ.get("KAGGLE_API_TOKEN"):
+    """Whether the kaggle client (2.x, ``KaggleApi.authenticate``) will find credentials.
+
+    It looks in this order, and only here: a file anywhere else must not pass, or the stage
+    would fail later with the client's own message.
+    """
+    dot_kaggle = Path.home() / ".kaggle"
+    notebook = None not in (os.environ.get("KAGGLE_KERNEL_RUN_TYPE"), os.environ.get("KAGGLE_DATA_PROXY_URL"))
+    if notebook and _holds_text(os.environ.get("KAGGLE_API_V1_TOKEN")):
         return True
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+    token = os.environ.get("KAGGLE_API_TOKEN")  # the token itself, or the path of a file holding it
+    if token:
+        if not Path(token).exists() or _holds_text(token):
+            return True
+    elif _holds_text(dot_kaggle / "access_token") or _holds_text(dot_kaggle / "access_token.txt"):
         return True
-    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
-    return (folder / "kaggle.json").is_file() or (folder / "access_token").is_file()
+    # A legacy key: username and key from kaggle.json, each overridden by KAGGLE_USERNAME/KAGGLE_KEY.
+    folder = os.environ.get("KAGGLE_CONFIG_DIR") or dot_kaggle
+    if not os.environ.get("KAGGLE_CONFIG_DIR") and sys.platform.startswith("linux") and not dot_kaggle.exists():
+        folder = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    names = set(_json_object(Path(folder) / "kaggle.json"))
+    names |= {name.removeprefix("KAGGLE_").lower() for name in os.environ if name.startswith("KAGGLE_")}
+    if {"username", "key"} <= names:
+        return True
+    return bool(_json_object(dot_kaggle / "credentials.json").get("refresh_token"))  # `kaggle auth login`
+
+
+def _holds_text(path) -> bool:
+    return bool(path) and Path(path).is_file() and bool(Path(path).read_text().strip())
+
+
+def _json_object(path: Path) -> dict:
+    """The client ignores a file it cannot parse."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _kaggle_api():
     if not kaggle_credentials_found():
         raise DownloadError(
             "Kaggle credentials not found. Create a token at kaggle.com → Settings → API, then "
-            "either `export KAGGLE_USERNAME=... KAGGLE_KEY=...` or save kaggle.json in ~/.kaggle "
-            "(chmod 600). Also accept the birdclef-2025 competition rules on its Kaggle page. "
+            "either `export KAGGLE_API_TOKEN=...` or save it in ~/.kaggle/access_token (a legacy key: "
+            "`export KAGGLE_USERNAME=... KAGGLE_KEY=...` or kaggle.json in ~/.kaggle, chmod 600). "
+            "Also accept the birdclef-2025 competition rules on its Kaggle page. "
             "To run offline instead, set `data.source: sample`."
         )
     import kaggle  # tries to authenticate on import, and keeps quiet if that fails
@@ -81,13 +114,16 @@ def download_birdclef2025(out: Path, downloads: Path, pseudo_files: list[str]) -
     from birdclef import unpack
     from birdclef.tables import TableError, read_taxonomy
 
-    api = _kaggle_api()
+    folders = {reference: downloads / reference.split("/")[-1] for reference in (COMPETITION, *DATASETS)}
+    # Credentials (an access token is checked online) only when something is left to fetch:
+    # a re-run over complete downloads works offline.
+    api = None if all((folder / ".complete").is_file() for folder in folders.values()) else _kaggle_api()
     downloads.mkdir(parents=True, exist_ok=True)
-    folders = {COMPETITION: _fetch(downloads / COMPETITION, lambda folder: api.competition_download_files(
-        COMPETITION, path=str(folder), quiet=False))}
+    _fetch(folders[COMPETITION], lambda folder: api.competition_download_files(
+        COMPETITION, path=str(folder), quiet=False))
     for reference in DATASETS:
-        folders[reference] = _fetch(downloads / reference.split("/")[1], lambda folder, ref=reference:
-                                    api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
+        _fetch(folders[reference], lambda folder, ref=reference:
+               api.dataset_download_files(ref, path=str(folder), quiet=False, unzip=False))
     try:
         with folder_written_atomically(out, layout.TAXONOMY_CSV) as tmp:
             summary = unpack.competition(folders[COMPETITION], tmp)
@@ -126,6 +162,9 @@ def _fetch(folder: Path, fetch) -> Path:
         except (zipfile.BadZipFile, zlib.error, EOFError):  # bad directory, bad deflate data, cut short
             archive.unlink()
             raise DownloadError(f"{archive}: damaged download; run the stage again to fetch it anew.") from None
+        except OSError as error:  # a full disk: no marker is written, so the next run starts over
+            raise DownloadError(f"{archive}: unpacking failed ({error}); free disk space and run the "
+                                "stage again.") from None
         archive.unlink()
     marker.write_text("".join(checksums))  # sha256, bytes, name of each archive as fetched
     return folder

@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from birdclef import layout, readmes
+from birdclef.download import DownloadError
 
 EXTRA_FOLDERS = ("add_train_audio_from_prev_comps", "add_train_audio_from_xeno_canto_28032025")
 NOCALL_ARCHIVE = "soundscapes_nocall.zip"
@@ -86,7 +87,10 @@ def extra_audio(folder: Path, out: Path, vocabulary: set[str]) -> dict:
     for source in EXTRA_FOLDERS:
         if not (folder / source).is_dir():
             raise LayoutError(f"{folder}: no {source}/ folder; delete the folder and download again.")
-        for path in audio_files(folder / source):
+        paths = list(audio_files(folder / source))
+        if not paths:  # the authors' folders hold thousands of recordings
+            raise LayoutError(f"{folder / source}: no audio files; delete {folder} and download again.")
+        for path in paths:
             relative = path.relative_to(folder / source)
             if len(relative.parts) != 2:
                 raise LayoutError(f"{path}: expected {source}/<label>/<file>.")
@@ -107,7 +111,7 @@ def _enrich(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
     """Fill the train.csv columns: from a CSV of the dataset naming the same files, else blank."""
     table["key"] = table["filename"].str.split("/", n=1).str[1]
     for path in sorted(folder.glob("*.csv")):  # name order: an earlier CSV's values win
-        metadata = pd.read_csv(path, dtype=str, keep_default_na=False)
+        metadata = _read_csv(path, folder)
         if "filename" not in metadata.columns:
             continue
         # A blank cell leaves the value to a later row or CSV.
@@ -123,6 +127,15 @@ def _enrich(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
         else:
             table[column] = defaults.get(column, "")
     return table.drop(columns="key")
+
+
+def _read_csv(path: Path, download: Path) -> pd.DataFrame:
+    """A CSV of ``download`` as strings; pandas' errors for a damaged one name no file."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        reason = str(error).removeprefix("Error tokenizing data. C error: ").strip()
+        raise LayoutError(f"{path}: unreadable CSV ({reason}); delete {download} and download again.") from None
 
 
 def published_backbones(folder: Path, out: Path) -> dict:
@@ -153,14 +166,15 @@ def background(parts: list[Path], out: Path, scratch: Path) -> dict:
     nocall = _unzip_parts(parts, scratch / "soundscapes_nocall")
     esc50 = [folder for part in parts for folder in [part / "esc50"] if folder.is_dir()]
     if not esc50:
-        raise LayoutError(f"no esc50/ folder in {', '.join(map(str, parts))}; download them again.")
+        raise LayoutError(f"no esc50/ folder in {', '.join(map(str, parts))}; {_fetch_again(parts)}")
     # The 2023 part2 nests the ESC-50 clips as esc50/esc50/audio/*.wav: search the whole tree.
     sources = (("nocall", nocall, lambda name: "nocall"), ("esc50", esc50[0], _esc50_categories(esc50[0])))
     rows, found = [], {}
     for source, root, category_of in sources:
         clips = list(audio_files(root))
         if not clips:
-            raise LayoutError(f"{root} holds no {source} audio; download the 2023 parts again.")
+            stale = [*parts, nocall] if source == "nocall" else parts  # the joined zip is cached too
+            raise LayoutError(f"{root} holds no {source} audio; {_fetch_again(stale)}")
         for path in clips:
             name = f"{source}/{path.name}"
             if name in found:
@@ -185,30 +199,41 @@ def _unzip_parts(parts: list[Path], target: Path) -> Path:
     pieces = sorted((path for part in parts for path in part.glob(f"{NOCALL_ARCHIVE}.part-*")),
                     key=lambda path: path.name)
     if not pieces:
-        raise LayoutError(f"no {NOCALL_ARCHIVE}.part-* in {', '.join(map(str, parts))}; download them again.")
+        raise LayoutError(f"no {NOCALL_ARCHIVE}.part-* in {', '.join(map(str, parts))}; {_fetch_again(parts)}")
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     joined = target.with_name(NOCALL_ARCHIVE)
-    with open(joined, "wb") as handle:
-        for piece in pieces:
-            with open(piece, "rb") as source:
-                shutil.copyfileobj(source, handle, 1 << 24)
     try:
+        with open(joined, "wb") as handle:
+            for piece in pieces:
+                with open(piece, "rb") as source:
+                    shutil.copyfileobj(source, handle, 1 << 24)
         with zipfile.ZipFile(joined) as archive:
             archive.extractall(target)
     except (zipfile.BadZipFile, zlib.error, EOFError):
         raise LayoutError(f"{joined}: joining {', '.join(piece.name for piece in pieces)} did not give a "
-                          "valid zip (a part is missing or damaged); download the 2023 parts again.") from None
+                          f"valid zip (a part is missing or damaged); {_fetch_again(parts)}") from None
+    except OSError as error:  # a full disk; no marker, so the next run joins and unzips again
+        raise DownloadError(f"{joined}: joining or unzipping the no-call parts failed ({error}); free disk "
+                            "space and run the stage again.") from None
     finally:
-        joined.unlink()
+        joined.unlink(missing_ok=True)
     marker.touch()
     return target
+
+
+def _fetch_again(folders: list[Path]) -> str:
+    """Drop the downloads' ``.complete`` markers: advice to download again would repeat forever."""
+    for folder in folders:
+        (folder / ".complete").unlink(missing_ok=True)
+    return (f"removed the .complete marker of {', '.join(map(str, folders))}: run the stage again to "
+            "fetch them anew.")
 
 
 def _esc50_categories(folder: Path):
     """File name -> ESC-50 category: from a meta CSV with filename and category, else the name."""
     for path in sorted(folder.rglob("*.csv")):
-        meta = pd.read_csv(path, dtype=str)
+        meta = _read_csv(path, folder.parent)
         if {"filename", "category"} <= set(meta.columns):
             mapping = dict(zip(meta["filename"], meta["category"]))
             return lambda name: mapping.get(name, _esc50_from_name(name))
