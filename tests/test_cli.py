@@ -199,8 +199,10 @@ def test_an_interrupted_download_keeps_the_earlier_output_and_no_temporary(tmp_p
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / layout.TAXONOMY_CSV).write_text("an earlier download")
+    # As from a terminal: its own process group, and SIGINT not ignored (as a shell's background job has it).
     command = subprocess.Popen([python(), "-m", "birdclef", "download", "--out", "raw"], cwd=tmp_path, env=env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not any((tmp_path / "raw.tmp").rglob("*.ogg")) and command.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

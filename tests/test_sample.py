@@ -83,15 +83,20 @@ def test_same_seed_gives_identical_files_and_another_seed_other_audio(runs):
 
 def test_the_workers_run_numpys_baseline_kernels_only():
     """numpy picks its sin, exp and power kernels by CPU (AVX2, AVX-512) and they differ in the last
-    bit: the sample's workers must run the kernels every CPU has, and leave this process as it was."""
+    bit: the sample's workers must run the kernels every CPU has. They leave Ctrl-C to this
+    process, which is left as it was."""
+    import signal
+
     from birdclef.sample import _baseline_numpy_workers
 
-    before = os.environ.get("NPY_DISABLE_CPU_FEATURES")
-    with _baseline_numpy_workers(1) as pool:
+    before = os.environ.get("NPY_DISABLE_CPU_FEATURES"), signal.getsignal(signal.SIGINT)
+    with _baseline_numpy_workers(2) as pool:
         simd = pool.submit(np.show_config, mode="dicts").result()["SIMD Extensions"]
+        interrupts = {pool.submit(signal.getsignal, signal.SIGINT).result() for _ in range(8)}
     assert simd.get("found", []) == []
     assert simd["baseline"] == np.show_config(mode="dicts")["SIMD Extensions"]["baseline"]
-    assert os.environ.get("NPY_DISABLE_CPU_FEATURES") == before
+    assert interrupts == {signal.SIG_IGN}
+    assert (os.environ.get("NPY_DISABLE_CPU_FEATURES"), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_files_do_not_depend_on_the_cpus_vector_instructions(runs, tmp_path):
