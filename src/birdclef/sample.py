@@ -242,22 +242,24 @@ def _baseline_numpy_workers(workers: int) -> Iterator[ProcessPoolExecutor]:
     optional = simd.get("found", []) + simd.get("not found", [])  # this process may run with some off
     before = os.environ.get("NPY_DISABLE_CPU_FEATURES")
     os.environ["NPY_DISABLE_CPU_FEATURES"] = " ".join(optional)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    # Ctrl-C is for the main process, which drops the queued files: the workers ignore it from
-    # their first instruction on (an ignored signal stays ignored in a new program), so start
-    # them all now, each submit starting one while none is idle.
-    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        for _ in range(workers):
-            pool.submit(int)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            # Ctrl-C is for the main process, which drops the queued files: the workers ignore it
+            # from their first instruction on (an ignored signal stays ignored in a new program),
+            # so start them all now, each submit starting one while none is idle.
+            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                for _ in range(workers):
+                    pool.submit(int)
+            finally:
+                signal.signal(signal.SIGINT, interrupt)
+            yield pool
+        finally:
+            # After Ctrl-C or an error the files not started are dropped, and the running ones
+            # finish before their folder goes.
+            pool.shutdown(cancel_futures=True)
     finally:
-        signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield pool
-    finally:
-        # After Ctrl-C or an error the files not started are dropped, and the running ones
-        # finish before their folder goes.
-        pool.shutdown(cancel_futures=True)
         if before is None:
             del os.environ["NPY_DISABLE_CPU_FEATURES"]
         else:
