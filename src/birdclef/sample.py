@@ -240,9 +240,7 @@ def _baseline_numpy_workers(workers: int) -> Iterator[ProcessPoolExecutor]:
 
     simd = np.show_config(mode="dicts")["SIMD Extensions"]
     optional = simd.get("found", []) + simd.get("not found", [])  # this process may run with some off
-    before = os.environ.get("NPY_DISABLE_CPU_FEATURES")
-    os.environ["NPY_DISABLE_CPU_FEATURES"] = " ".join(optional)
-    try:
+    with _environment("NPY_DISABLE_CPU_FEATURES", " ".join(optional)):
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         try:
             # Ctrl-C is for the main process, which drops the queued files: the workers ignore it
@@ -259,11 +257,20 @@ def _baseline_numpy_workers(workers: int) -> Iterator[ProcessPoolExecutor]:
             # After Ctrl-C or an error the files not started are dropped, and the running ones
             # finish before their folder goes.
             pool.shutdown(cancel_futures=True)
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` for the processes started in the block, then as it was."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
     finally:
         if before is None:
-            del os.environ["NPY_DISABLE_CPU_FEATURES"]
+            del os.environ[name]
         else:
-            os.environ["NPY_DISABLE_CPU_FEATURES"] = before
+            os.environ[name] = before
 
 
 def _planned(params: SampleParams, sample_rate: int) -> tuple[list[Species], list[Species], _Plan]:
