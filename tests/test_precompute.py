@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,6 +154,28 @@ def test_changed_file_or_setting_rebuilds_only_what_it_touches(raw_dataset, tmp_
     assert (summary.shards_written, summary.shards_reused) == (shards, 0)
 
 
+@pytest.mark.parametrize("change", ["decoding code", "libsndfile"])
+def test_shards_of_another_decoder_are_decoded_again(raw_dataset, tmp_path, params, monkeypatch, change):
+    """data/store persists across `dvc repro`: after an edit to the decoder or a library
+    upgrade, no shard it decoded before may pass for finished."""
+    import soundfile
+
+    from birdclef import audio
+
+    out = tmp_path / "store"
+    run_precompute(raw_dataset, out, params, files_per_shard=2)
+    shards = len(list(out.glob("*.h5")))
+    assert run_precompute(raw_dataset, out, params, files_per_shard=2).shards_reused == shards
+    if change == "decoding code":
+        edited = tmp_path / "audio.py"
+        edited.write_text(Path(audio.__file__).read_text() + "\n# a change to the decoder\n")
+        monkeypatch.setattr(audio, "__file__", str(edited))
+    else:
+        monkeypatch.setattr(soundfile, "__libsndfile_version__", "99.0.0")
+    summary = run_precompute(raw_dataset, out, params, files_per_shard=2)
+    assert (summary.shards_written, summary.shards_reused) == (shards, 0)
+
+
 def test_stale_shards_of_an_old_plan_are_removed(raw_dataset, tmp_path, params):
     out = tmp_path / "store"
     run_precompute(raw_dataset, out, params, files_per_shard=1)
@@ -203,6 +226,9 @@ def test_only_the_stores_own_files_are_removed_from_it(raw_dataset, tmp_path, pa
      r"train.csv:2: \.\./train_audio/.*'filename' must be a path inside"),
     (lambda t: t.assign(filename=t["filename"].tolist()[:2] + [t["filename"][0]] + t["filename"].tolist()[3:]),
      r"train.csv:4: .* is listed on line 2 too; remove one of the rows"),
+    (lambda t: t.assign(filename=[""] + t["filename"].tolist()[1:]),
+     r"train.csv:2: 'filename' is empty; name the recording \(<label>/<file>, relative to .*train_audio\) or "
+     r"remove the row"),
 ])
 def test_bad_tables_are_refused_before_decoding(raw_dataset, tmp_path, params, edit, message):
     table = pd.read_csv(raw_dataset / "train.csv", dtype=str, keep_default_na=False)
@@ -229,6 +255,34 @@ def test_unknown_secondary_labels_are_pruned(raw_dataset):
     frame = read_train_table(raw_dataset / "train.csv", raw_dataset / "train_audio",
                              read_taxonomy(raw_dataset / "taxonomy.csv"))
     assert frame.loc[0, "secondary_labels"] == ["bkcchi"]
+
+
+def test_table_errors_name_the_line_of_the_file(raw_dataset):
+    """Blank lines and multi-line cells make a row's number differ from its line: name the line."""
+    from birdclef.tables import read_train_table
+
+    path = raw_dataset / "train.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[1, "author"] = "two\nlines"
+    table.loc[2, "filename"] = table.loc[0, "filename"]
+    header, rows = table.to_csv(index=False).split("\n", 1)
+    path.write_text(f"{header}\n\n{rows}")  # row 0 on line 3, row 1 on lines 4-5, row 2 on line 6
+    with pytest.raises(TableError, match=rf"train.csv:6: {table.loc[0, 'filename']} is listed on line 3 too"):
+        read_train_table(path, raw_dataset / "train_audio", None)
+
+
+def test_filenames_are_normalised_so_a_recording_is_listed_once(raw_dataset):
+    from birdclef.tables import read_train_table
+
+    path = raw_dataset / "train.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    filename = table.loc[0, "filename"]
+    table.loc[0, "filename"] = f"./{filename}"
+    table.to_csv(path, index=False)
+    assert read_train_table(path, raw_dataset / "train_audio", None).loc[0, "filename"] == filename
+    pd.concat([table, table.head(1).assign(filename=filename)]).to_csv(path, index=False)
+    with pytest.raises(TableError, match=rf"train.csv:{len(table) + 2}: {filename} is listed on line 2 too"):
+        read_train_table(path, raw_dataset / "train_audio", None)
 
 
 def test_user_recordings_in_external_are_merged(raw_dataset, tmp_path, params):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -88,20 +89,27 @@ def write_together(writes: dict[Path, Callable[[Path], object]]) -> None:
         raise
 
 
-def check_replaceable(out: Path, marker: str) -> Path:
+def check_replaceable(out: Path, marker: str | re.Pattern, shown_as: str | None = None) -> Path:
     """``out`` as an absolute path, if writing it loses nothing but an earlier output.
 
-    Stage outputs are replaced whole, so ``--out`` must be new, empty, or hold ``marker`` (a
-    glob every earlier output of the stage matches); anything else (``--out data``, ``--out .``,
-    a file) is refused before any work is done.
+    Stage outputs are replaced whole, so ``--out`` must be new, empty, or hold ``marker``: a
+    glob every earlier output of the stage matches, or a pattern that the name of a file in it
+    matches whole (shown as ``shown_as`` in the error). Anything else (``--out data``,
+    ``--out .``, a file) is refused before any work is done.
     """
     out = Path(out).absolute()
     if out.is_file():
         raise OutputError(f"{out} is a file; the output is a folder: name a new one.")
-    if out.is_dir() and any(out.iterdir()) and not any(out.glob(marker)):
-        raise OutputError(f"{out} holds files this command did not write (no {marker}), and its output "
-                          "replaces the folder whole: name a new or empty folder.")
+    if out.is_dir() and any(out.iterdir()) and not _holds(out, marker):
+        raise OutputError(f"{out} holds files this command did not write (no {shown_as or marker}), and its "
+                          "output replaces the folder whole: name a new or empty folder.")
     return out
+
+
+def _holds(folder: Path, marker: str | re.Pattern) -> bool:
+    if isinstance(marker, str):
+        return any(folder.glob(marker))
+    return any(marker.fullmatch(path.name) for path in folder.iterdir())
 
 
 @contextmanager

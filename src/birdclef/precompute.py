@@ -2,8 +2,9 @@
 
 Files are decoded in parallel (one process per core) and written in a fixed order, so the
 same inputs always give the same bytes. Work is planned as shards of ``files_per_shard``
-recordings; each finished shard carries a fingerprint of its inputs and settings, so an
-interrupted run resumes by skipping the shards that are already complete and unchanged.
+recordings; each finished shard carries a fingerprint of its inputs, its settings and the
+decoder (code and library versions), so an interrupted run resumes by skipping the shards
+that are already complete and unchanged, and nothing decoded another way is ever reused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birdclef import layout
+from birdclef import audio, layout, store
 from birdclef.audio import AudioError, Recording, decode
 from birdclef.outputs import check_replaceable, write_atomically
 from birdclef.params import Params
@@ -32,7 +33,9 @@ from birdclef.store import (
     write_index,
 )
 
-FORMAT_VERSION = "1"
+# Bump when a change to this module alters what a shard holds; audio.py and store.py, which
+# decode and write the samples, are fingerprinted by their source (see decoder_identity).
+FORMAT_VERSION = "2"
 SKIPPED_CSV = "skipped.csv"
 COLLECTIONS = sorted({collection_of(folder) for folder in layout.RAW_AUDIO_FOLDERS} | {layout.EXTERNAL_PREFIX})
 # The names of shards (see plan_shards), finished or left half-written by an interrupted run.
@@ -139,13 +142,37 @@ def plan_shards(sources: list[Source], files_per_shard: int) -> list[ShardPlan]:
     return plans
 
 
-def fingerprints(plan: ShardPlan, sample_rate: int, dtype: str, modes: tuple[str, ...]) -> list[str]:
-    """A hash of what a shard is made of (file names and bytes, and every setting), one per
-    ``on_error`` mode in ``modes``; the files are read once for all of them."""
+def decoder_identity() -> str:
+    """What besides a file's bytes and the settings decides the samples stored from it: the
+    decoding and writing code, and the versions of the libraries under it.
+
+    ``data/store`` persists across ``dvc repro``, so when DVC re-runs precompute after an
+    edit to audio.py or an upgrade of libsndfile, only this keeps the old shards from being
+    taken as finished.
+    """
+    import h5py
+    import soundfile
+    import soxr
+
+    code = hashlib.blake2b(digest_size=16)
+    for module in (audio, store):
+        code.update(Path(module.__file__).read_bytes())
+    return "|".join([
+        f"format {FORMAT_VERSION}", f"min_samples {MIN_SAMPLES}", f"code {code.hexdigest()}",
+        f"numpy {np.__version__}", f"soundfile {soundfile.__version__}",
+        f"libsndfile {soundfile.__libsndfile_version__}", f"soxr {soxr.__version__}",
+        f"h5py {h5py.__version__}", f"hdf5 {h5py.version.hdf5_version}",
+    ])
+
+
+def fingerprints(plan: ShardPlan, sample_rate: int, dtype: str, modes: tuple[str, ...],
+                 decoder: str) -> list[str]:
+    """A hash of what a shard is made of (file names and bytes, every setting and the
+    ``decoder``), one per ``on_error`` mode in ``modes``; the files are read once for all."""
     digests = []
     for on_error in modes:
         digests.append(hashlib.blake2b(digest_size=16))
-        digests[-1].update(f"{FORMAT_VERSION}|{sample_rate}|{dtype}|{on_error}".encode())
+        digests[-1].update(f"{decoder}|{sample_rate}|{dtype}|{on_error}".encode())
     for source in plan.sources:
         for digest in digests:
             digest.update(source.key.encode())
@@ -181,7 +208,7 @@ def _decode_or_reason(source: Source, sample_rate: int, dtype: str) -> Recording
 def precompute(raw: Path, external: Path, out: Path, params: Params, progress: bool = True) -> Summary:
     """Decode everything under ``raw`` and ``external`` into shards in ``out``."""
     raw, external = Path(raw), Path(external)
-    out = check_replaceable(out, _store_marker(Path(out)))  # stale shards in it are deleted
+    out = check_replaceable(out, SHARD_NAME, SHARD_NAMES)  # stale shards in it are deleted
     check_tables(raw, external)
     settings = params.precompute
     sample_rate = params.audio.sample_rate
@@ -194,9 +221,10 @@ def precompute(raw: Path, external: Path, out: Path, params: Params, progress: b
     # A shard written under `fail` skipped nothing (any failure aborts it), so it is exactly
     # what `skip` would write: following the failure message's advice re-decodes nothing.
     modes = (settings.on_error, "fail") if settings.on_error == "skip" else (settings.on_error,)
+    decoder = decoder_identity()
     todo = []
     for plan in plans:
-        accepted = fingerprints(plan, sample_rate, settings.dtype, modes)
+        accepted = fingerprints(plan, sample_rate, settings.dtype, modes, decoder)
         if shard_fingerprint(out / plan.name) in accepted:
             summary.shards_reused += 1
         else:
@@ -265,14 +293,6 @@ def _decoded(sources: list[Source], sample_rate: int, dtype: str, workers: int):
             following = next(queue, None)
             if following is not None:
                 pending.append((following, pool.submit(_decode_or_reason, following, sample_rate, dtype)))
-
-
-def _store_marker(out: Path) -> str:
-    """The glob that ``check_replaceable`` takes as the sign of an earlier store in ``out``: the
-    name of a shard there, if any (a glob cannot spell ``SHARD_NAME``). Any ``.h5`` would not
-    do: a folder of someone's ``weights.h5`` would then be taken for a store and cleaned out."""
-    names = (path.name for path in out.iterdir()) if out.is_dir() else ()
-    return next((name for name in names if SHARD_NAME.fullmatch(name)), SHARD_NAMES)
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from birdclef import layout, readmes
+from birdclef import layout, readmes, tables
 from birdclef.download import DownloadError
 
 EXTRA_FOLDERS = ("add_train_audio_from_prev_comps", "add_train_audio_from_xeno_canto_28032025")
@@ -130,12 +130,11 @@ def _enrich(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, download: Path) -> pd.DataFrame:
-    """A CSV of ``download`` as strings; pandas' errors for a damaged one name no file."""
+    """A CSV of ``download`` as strings; a damaged one is a LayoutError naming it and the fix."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        reason = str(error).removeprefix("Error tokenizing data. C error: ").strip()
-        raise LayoutError(f"{path}: unreadable CSV ({reason}); delete {download} and download again.") from None
+        return tables.read_csv(path, (), fix=f"delete {download} and download again")
+    except tables.TableError as error:
+        raise LayoutError(str(error)) from None
 
 
 def published_backbones(folder: Path, out: Path) -> dict:
