@@ -184,6 +184,8 @@ def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
     (lambda frame: frame.iloc[:1], r"1 row_id\(s\) \['S0_10'\] of test_soundscapes_labels.csv are not scored"),
     (lambda frame: frame.assign(**{CLASSES[1]: [0.5, None]}), rf"column\(s\) \['{CLASSES[1]}'\] hold a blank"),
     (lambda frame: frame.assign(**{CLASSES[2]: ["0.5", "high"]}), rf"column\(s\) \['{CLASSES[2]}'\] hold a blank"),
+    (lambda frame: frame.assign(**{CLASSES[0]: ["inf", "0.5"]}), rf"column\(s\) \['{CLASSES[0]}'\] hold a blank, "
+                                                                 "text or infinite score"),
 ])
 def test_a_submission_for_other_classes_or_windows_is_named(tmp_path, edit, message):
     from birdclef.evaluate import read_submission, soundscape_auc

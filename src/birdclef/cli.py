@@ -116,7 +116,8 @@ def precompute(
 ) -> None:
     """Decode every recording and soundscape to mono at audio.sample_rate and write the HDF5 store.
 
-    Resumable: finished shards whose inputs did not change are kept."""
+    Resumable: finished shards are kept while their files, settings and decoder (code and
+    library versions) are unchanged."""
     from birdclef.audio import AudioError
     from birdclef.outputs import OutputError
     from birdclef.precompute import PrecomputeError, precompute as run

@@ -71,10 +71,9 @@ def read_submission(path: Path, labels):
     import pandas as pd
 
     classes = [column for column in labels.columns if column != "row_id"]
-    read_csv(path, ("row_id", *classes))  # a TableError names the file
-    frame = pd.read_csv(path)
-    broken = [name for name in classes
-              if not pd.api.types.is_numeric_dtype(frame[name]) or not np.isfinite(frame[name]).all()]
+    frame = read_csv(path, ("row_id", *classes))  # strings; a TableError names the file
+    frame[classes] = frame[classes].apply(pd.to_numeric, errors="coerce")  # a blank or a word: NaN
+    broken = [name for name in classes if not np.isfinite(frame[name]).all()]
     if broken:
         raise TableError(f"{path}: column(s) {broken[:3]} hold a blank, text or infinite score; write the "
                          "submission again (`dvc repro infer`).")
