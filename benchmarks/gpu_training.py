@@ -62,8 +62,8 @@ def synthetic_store(root: Path, recordings: int, seconds: float, classes: list[s
     return pd.DataFrame(rows)
 
 
-def steps_per_second(step, batches, steps: int, synchronize) -> float:
-    for _ in range(20):  # warm-up: cudnn autotuning, allocator, loader workers starting
+def steps_per_second(step, batches, steps: int, warmup: int, synchronize) -> float:
+    for _ in range(warmup):  # cudnn autotuning, compilation, allocator, loader workers starting
         step(*next(batches))
     synchronize()
     start = time.perf_counter()
@@ -88,6 +88,7 @@ def main(
     compile_scopes: str = typer.Option("network", "--compile-scope", help="Comma-separated: what --compile "
                                        "compiles: network (as train.compile does) or step (EQ, network and loss)."),
     steps: int = typer.Option(40),
+    warmup: int = typer.Option(20, help="Untimed steps before each measurement."),
     recordings: int = typer.Option(600),
     device: str = typer.Option("cuda", help="cuda; or cpu to smoke-test the script."),
     params_file: Path = typer.Option(None, "--params", help="A params.yaml composed with experiment=birdclef2025 "
@@ -156,13 +157,13 @@ def main(
         print(f"{name} ({family.backbone}, {family.optimizer}), channels_last {nhwc}, compile {mode} ({scope})")
         for threads in map(int, main_threads.split(",")):
             torch.set_num_threads(threads or default_threads)
-            alone = steps_per_second(step, random_batches(), steps, synchronize) * batch
+            alone = steps_per_second(step, random_batches(), steps, warmup, synchronize) * batch
             print(f"  main threads {torch.get_num_threads():2d}: model alone {alone:7.0f} samples/s")
             for count, dtype, pin in itertools.product(map(int, workers.split(",")), wave_dtypes.split(","),
                                                        [on_gpu and value == "true" for value in pin_memory.split(",")]):
                 delivered = steps_per_second(lambda *_: None, loader_batches(count, dtype, pin), steps,
-                                             synchronize) * batch
-                fed = steps_per_second(step, loader_batches(count, dtype, pin), steps, synchronize) * batch
+                                             warmup, synchronize) * batch
+                fed = steps_per_second(step, loader_batches(count, dtype, pin), steps, warmup, synchronize) * batch
                 print(f"    {count:2d} workers, {dtype}, pin {pin!s:<5}: loader alone {delivered:7.0f} samples/s"
                       f"   with loader {fed:7.0f} samples/s   ratio {fed / alone:.0%}")
         del model, optimizer

@@ -68,7 +68,8 @@ def save_family(models: list, root: Path, family: str, backbone: str, classes: l
         folder.mkdir(parents=True)
         torch.save(model.state_dict(), folder / "model.pt")
         meta = {"family": family, "fold": fold, "backbone": backbone, "classes": classes,
-                "hidden": model.head.dense.out_features, "val_auc": 0.5, "best_epoch": 0}
+                "hidden": model.head.dense.out_features, "sample_rate": RATE, "val_auc": 0.5,
+                "best_epoch": 0}
         (folder / "meta.json").write_text(json.dumps(meta))
 
 

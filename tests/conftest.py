@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -67,6 +68,16 @@ def write_raw_dataset(root: Path, files_per_label: int = 2) -> Path:
         write_audio(root / "train_soundscapes" / f"H02_2023042{number}.ogg",
                     tone(2000 + 100 * number, 12.0, 32000, level=0.2), 32000)
     return root
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module, so a test runs the benchmark's own code (and a
+    benchmark cannot rot unnoticed when the code it measures changes)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(args, cwd: Path, env: dict | None = None, check: bool = True, **options) -> subprocess.CompletedProcess:

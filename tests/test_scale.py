@@ -7,25 +7,14 @@ cannot rot unnoticed.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 
-from conftest import REPO
+from conftest import load_benchmark
 
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_scale", REPO / "benchmarks" / "scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-scale = load_benchmark()
+scale = load_benchmark("scale")
 
 FILES_PER_SHARD = 40
 COUNTS = {"train_audio": 260, "extra": 60, "train_soundscapes": 80}
