@@ -114,6 +114,8 @@ def test_committed_params_are_the_default_composition(tmp_path):
     (["evaluate", "--tables", ".", "--raw", ".", "--submission", "train.csv", "--out", "."],
      "--out . is a folder; name a file"),
     (["pseudo", "--inherit", "nope"], "--inherit nope: no such folder"),
+    (["pseudo", "--round", "round1"],
+     "round1's pseudo labels data/pseudo/round0: no such folder (`dvc repro pseudo@round0` writes them)"),
     (["infer", "--soundscapes", ".", "--sample-submission", "nope.csv"], "--sample-submission nope.csv: no such file"),
     (["infer", "--soundscapes", ".", "--sample-submission", "train.csv", "--metrics", "train.csv/m.json"],
      "--metrics train.csv/m.json: train.csv is a file, so no folder can hold m.json"),

@@ -1,6 +1,8 @@
 """A round's models on soundscapes: per-family scores for evaluate, their mean for pseudo labels."""
 
+import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -8,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from birdclef.evaluate import round_predictions
+from birdclef import layout
+from birdclef.evaluate import evaluate, round_predictions
 from birdclef.export import FoldEnsemble
 from birdclef.pseudo import pseudo_label_round
 from birdclef.store import AudioStore, ShardWriter, write_index
@@ -182,6 +185,7 @@ def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
     (lambda frame: frame.assign(row_id=["elsewhere_5", *frame["row_id"][1:]]),
      r"1 row_id\(s\) \['elsewhere_5'\] are not windows of test_soundscapes_labels.csv"),
     (lambda frame: frame.iloc[:1], r"1 row_id\(s\) \['S0_10'\] of test_soundscapes_labels.csv are not scored"),
+    (lambda frame: pd.concat([frame, frame.iloc[:1]]), r"1 row_id\(s\) \['S0_5'\] are listed more than once"),
     (lambda frame: frame.assign(**{CLASSES[1]: [0.5, None]}), rf"column\(s\) \['{CLASSES[1]}'\] hold a blank"),
     (lambda frame: frame.assign(**{CLASSES[2]: ["0.5", "high"]}), rf"column\(s\) \['{CLASSES[2]}'\] hold a blank"),
     (lambda frame: frame.assign(**{CLASSES[0]: ["inf", "0.5"]}), rf"column\(s\) \['{CLASSES[0]}'\] hold a blank, "
@@ -196,3 +200,95 @@ def test_a_submission_for_other_classes_or_windows_is_named(tmp_path, edit, mess
     edit(labels.assign(**{name: [0.2, 0.7] for name in CLASSES})).to_csv(path, index=False)
     with pytest.raises(TableError, match=rf"submission.csv: {message}"):
         soundscape_auc(labels, read_submission(path, labels), str(path))
+
+
+def evaluate_inputs(root, params):
+    """What ``evaluate`` reads, small: prepare's tables, OOF scores of fold 0 per round and family,
+    a store without test soundscapes (so no model runs), the test labels and a submission."""
+    rng = np.random.default_rng(7)
+    keys = [f"train_audio/r{i}.ogg" for i in range(12)]
+    tables = root / "tables"
+    tables.mkdir(parents=True)
+    pd.DataFrame({"key": keys, "primary_label": [CLASSES[i % len(CLASSES)] for i in range(12)],
+                  "secondary_labels": "[]"}).to_csv(tables / "train.csv", index=False)
+    (tables / "classes.json").write_text(json.dumps(CLASSES))
+    pd.DataFrame(columns=["variant", "fold", "subset", "row"]).to_csv(tables / "folds.csv", index=False)
+    for round_params in params.rounds:
+        for family in params.families:
+            fold = root / "models" / round_params.name / family / "fold0"
+            fold.mkdir(parents=True)
+            (fold / "meta.json").write_text('{"val_auc": 0.5}')
+            oof = pd.DataFrame(rng.uniform(size=(len(keys), len(CLASSES))), columns=CLASSES)
+            oof.insert(0, "key", keys)
+            oof.to_csv(fold / "oof.csv", index=False)
+    soundscape_store(root / "store", "train_soundscapes")
+    row_ids = [f"S{s}_{5 * (w + 1)}" for s in range(2) for w in range(4)]
+    labels = pd.DataFrame(np.eye(len(CLASSES), dtype=int)[np.arange(8) % len(CLASSES)], columns=CLASSES)
+    labels.insert(0, "row_id", row_ids)
+    (root / "raw").mkdir()
+    labels.to_csv(root / "raw" / layout.TEST_LABELS_CSV, index=False)
+    labels.assign(**{name: rng.uniform(size=8) for name in CLASSES}).to_csv(root / "submission.csv", index=False)
+    return root
+
+
+def run_evaluate(params, root, out=None, plots=None):
+    return evaluate(params, root / "models", root / "tables", root / "store", root / "raw", root / "submission.csv",
+                    out or root / "metrics" / "evaluate.json", plots or root / "metrics" / "plots")
+
+
+def test_evaluate_keeps_the_old_metrics_when_the_plot_cannot_be_written(params, tmp_path):
+    from birdclef.outputs import OutputError
+
+    params.folds = [0]
+    root = evaluate_inputs(tmp_path, params)
+    out, plot = root / "metrics" / "evaluate.json", root / "metrics" / "plots" / "per_class_auc.csv"
+    out.parent.mkdir()
+    out.write_text("{}\n")  # an earlier run's
+    plot.mkdir(parents=True)
+    with pytest.raises(OutputError, match="per_class_auc.csv is a folder"):
+        run_evaluate(params, root)
+    assert out.read_text() == "{}\n" and plot.is_dir()
+    plot.rmdir()
+    metrics = run_evaluate(params, root)
+    assert json.loads(out.read_text()) == metrics and {"round0", "round1", "submission_soundscape_auc"} <= set(metrics)
+    assert pd.read_csv(plot)["species"].tolist() == CLASSES
+
+
+def test_evaluate_command_keeps_the_old_metrics_when_the_plot_cannot_be_written(tmp_path):
+    """The reviewer's case, through the command: exit 1, no traceback, the metrics file as it was."""
+    from birdclef.params import load_params
+
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())
+    settings["folds"] = [0]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    evaluate_inputs(tmp_path, load_params(tmp_path / "params.yaml"))
+    (tmp_path / "metrics" / "plots" / "per_class_auc.csv").mkdir(parents=True)
+    (tmp_path / "metrics" / "evaluate.json").write_text("{}\n")
+    result = run([python(), "-m", "birdclef", "evaluate", "--models", "models", "--tables", "tables", "--store",
+                  "store", "--raw", "raw"], tmp_path, {**os.environ, "PYTHONPATH": str(REPO / "src")}, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "per_class_auc.csv is a folder" in result.stderr
+    assert (tmp_path / "metrics" / "evaluate.json").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text.replace("\nS0_10,0,1,", "\nS0_10,0,2,", 1),
+     r":3: column 'bkcchi' holds '2'; a label is 0 or 1"),
+    (lambda text: text.replace("\nS0_10,0,1,", "\nS0_10,0,,", 1), r":3: column 'bkcchi' holds ''; a label is 0 or 1"),
+    (lambda text: "", r": empty; restore test_soundscapes_labels.csv"),
+    (lambda text: text.split("\n")[0] + "\n", r": no windows or no classes"),
+    (lambda text: "row_id\n" + "\n".join(line.split(",")[0] for line in text.splitlines()[1:]) + "\n",
+     r": no windows or no classes"),
+    (lambda text: text + text.splitlines()[1] + "\n", r":10: row_id 'S0_5' is on line 2 too; remove one of the rows"),
+    (lambda text: text.replace("row_id,", "window,", 1), r": missing column\(s\) \['row_id'\]"),
+])
+def test_damaged_test_labels_are_named(params, tmp_path, damage, message):
+    from birdclef.tables import TableError
+
+    params.folds = [0]
+    root = evaluate_inputs(tmp_path, params)
+    labels = root / "raw" / layout.TEST_LABELS_CSV
+    labels.write_text(damage(labels.read_text()))
+    with pytest.raises(TableError, match=re.escape(str(labels)) + message):
+        run_evaluate(params, root)
+    assert not (root / "metrics").exists()

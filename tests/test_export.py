@@ -214,6 +214,12 @@ def test_models_of_another_sample_rate_export_and_serve_at_that_rate(tmp_path):
     (lambda fold: (fold / "meta.json").write_text('{"backbone": "x"}'),
      r"meta.json: no classes, hidden, sample_rate; .*train the fold again"),
     (lambda fold: (fold / "model.pt").write_bytes(b"not weights"), r"model.pt: not the weights its meta.json"),
+    (lambda fold: edit_json(fold / "meta.json", sample_rate=0, hidden="abc"),
+     r"meta.json: bad hidden 'abc', sample_rate 0; .*train the fold again"),
+    (lambda fold: edit_json(fold / "meta.json", classes=[]), r"meta.json: bad classes \[\];"),
+    (lambda fold: (fold / "meta.json").write_text("[1, 2]"), r"meta.json: a JSON list, not an object"),
+    (lambda fold: edit_json(fold / "meta.json", backbone="resnet_doesnotexist"),
+     r"meta.json: backbone 'resnet_doesnotexist' cannot be built here"),
 ])
 def test_a_damaged_fold_is_named_with_the_fix(trained, tmp_path, damage, message):
     fold = tmp_path / "eca" / "fold0"
@@ -221,6 +227,10 @@ def test_a_damaged_fold_is_named_with_the_fix(trained, tmp_path, damage, message
     damage(fold)
     with pytest.raises(ExportError, match=message):
         load_fold_models(tmp_path / "eca", [0])
+
+
+def edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
 
 
 def test_folds_of_different_classes_are_rejected(trained, tmp_path):
@@ -308,8 +318,9 @@ def test_families_joined_in_one_graph(trained, exported, second_family):
     # weights (normalised) and streams: the windows split over 2 streams give the same scores
     weighted = ExportedEnsemble([out, second_family], threads=2, precision="f32", streams=2, weights=[3.0, 1.0])
     np.testing.assert_allclose(weighted(windows), 0.75 * separate[0] + 0.25 * separate[1], atol=1e-5, rtol=0)
-    with pytest.raises(ExportError, match="non-negative weight per family"):
-        ExportedEnsemble([out, second_family], weights=[1.0])
+    for weights in ([1.0], [float("nan"), 1.0], [-1.0, 2.0], [0.0, 0.0]):
+        with pytest.raises(ExportError, match="finite, non-negative weight per family"):
+            ExportedEnsemble([out, second_family], weights=weights)
 
 
 def test_fixed_batch_graph_scores_any_number_of_windows(exported, second_family):
@@ -332,3 +343,26 @@ def test_families_with_other_classes_are_not_joined(exported, second_family, tmp
     (other / "export.json").write_text(json.dumps(info))
     with pytest.raises(ExportError, match="classes"):
         ExportedEnsemble([out, other])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"classes": CLASSES[:-1]},
+     rf"model.xml gives {len(CLASSES)} outputs, export.json names {len(CLASSES) - 1} classes; .*dvc repro export"),
+    ({"classes": CLASSES + ["extra"]}, rf"model.xml gives {len(CLASSES)} outputs, export.json names {len(CLASSES) + 1}"),
+    ({"window_samples": "abc"}, r"export.json: bad window_samples 'abc'; .*dvc repro export"),
+    ({"classes": None}, r"export.json: bad classes None;"),
+])
+def test_a_damaged_export_json_is_named_with_the_fix(exported, tmp_path, changes, message):
+    out, _ = exported
+    damaged = shutil.copytree(out, tmp_path / "eca")
+    edit_json(damaged / "export.json", **changes)
+    with pytest.raises(ExportError, match=message):
+        ExportedFamily(damaged)
+
+
+def test_an_export_json_that_is_no_object_is_named(exported, tmp_path):
+    out, _ = exported
+    damaged = shutil.copytree(out, tmp_path / "eca")
+    (damaged / "export.json").write_text("[]")
+    with pytest.raises(ExportError, match=r"export.json: a JSON list, not an object; .*dvc repro export"):
+        ExportedFamily(damaged)

@@ -105,6 +105,16 @@ def test_two_soundscapes_of_one_name_are_refused_before_the_scoring(exports, par
     assert not (tmp_path / "s.csv").exists() and not (tmp_path / "m.json").exists()
 
 
+def test_a_folder_named_like_audio_is_no_soundscape(exports, params, tmp_path):
+    template = tmp_path / "sample_submission.csv"
+    pd.DataFrame(columns=["row_id", *CLASSES]).to_csv(template, index=False)
+    write_audio(tmp_path / "soundscapes" / "H02_x.ogg", tone(1000, 10.0, 32000), 32000)
+    (tmp_path / "soundscapes" / "sub.ogg").mkdir()
+    summary = infer(params, exports, tmp_path / "soundscapes", template, tmp_path / "s.csv", tmp_path / "m.json")
+    assert summary["soundscapes"] == 1
+    assert pd.read_csv(tmp_path / "s.csv")["row_id"].tolist() == ["H02_x_5", "H02_x_10"]
+
+
 def test_unknown_template_column_is_refused(exports, params, tmp_path):
     from birdclef.infer import InferError
 
@@ -122,7 +132,8 @@ def test_a_template_without_class_columns_is_refused(exports, params, tmp_path):
     assert not (tmp_path / "s.csv").exists()
 
 
-@pytest.mark.parametrize("audio", [{"sample_rate": 16000}, {"window_seconds": 3.0}])
+# 1 ms windows: checked before OpenVINO compiles the graph for a minute of them (60,000 windows)
+@pytest.mark.parametrize("audio", [{"sample_rate": 16000}, {"window_seconds": 3.0}, {"window_seconds": 0.001}])
 def test_params_that_no_longer_match_the_export_are_refused(exports, params, tmp_path, audio):
     from dataclasses import replace
 
@@ -304,6 +315,17 @@ def test_a_full_disk_leaves_the_previous_csv_and_tables(exports, tmp_path):
     assert not (tmp_path / "new").exists()  # the folders made for the tables go with them
 
 
+def test_the_submission_and_the_metrics_must_be_two_files(exports, tmp_path):
+    pd.DataFrame(columns=["row_id", *CLASSES]).to_csv(tmp_path / "sample_submission.csv", index=False)
+    (tmp_path / "empty").mkdir()
+    result = birdclef_command("infer", tmp_path, "--exports", exports, "--soundscapes", "empty",
+                              "--sample-submission", "sample_submission.csv", "--out", "s.csv",
+                              "--metrics", tmp_path / "s.csv", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: the submission and the metrics would both be written to s.csv: name two files" in result.stderr
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_predict_command_line(exports, tmp_path):
     write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)
     write_audio(tmp_path / "phone.wav", tone(1000, 6.0, 8000), 8000)
@@ -325,6 +347,10 @@ def test_predict_command_line(exports, tmp_path):
     (["x.wav", "--top-n", "-3"], "Invalid value for '--top-n'"),
     (["bad.mp3"], "error: no file could be scored, p.csv not written:\n  bad.mp3: empty file (0 bytes)"),
     (["x.wav", "-o", "x.wav"], "error: x.wav is one of the recordings to score, and the output would replace it"),
+    (["x.wav", "-o", "folder/x.selections.txt", "--raven", "folder"],
+     "error: folder/x.selections.txt is where the Raven table of x.wav goes: name another output file"),
+    (["x.wav", "-o", "folder/../folder/x.selections.txt", "--raven", "folder"],
+     "error: folder/../folder/x.selections.txt is where the Raven table of x.wav goes: name another output file"),
 ])
 def test_predict_command_line_refuses_bad_input(exports, tmp_path, args, message):
     write_audio(tmp_path / "x.wav", tone(1000, 6.0, 44100), 44100)

@@ -1,10 +1,16 @@
-"""The seed's pseudo-label rules on small hand-made CSVs."""
+"""The seed's pseudo-label rules on small hand-made CSVs, and `birdclef pseudo` refusing bad inputs."""
+
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from birdclef.pseudo import PseudoError, load_pool, split_row_id, stack
+from birdclef.store import ShardWriter, write_index
+from conftest import REPO, python, run, tone
+from trained_models import CLASSES as TEACHER_CLASSES, realistic_random_model, save_trained
 
 CLASSES = ["aaa1", "bbb1", "41778"]
 
@@ -85,3 +91,65 @@ def test_row_ids():
     assert split_row_id("H02_20230420_074000_55") == ("H02_20230420_074000", 55)
     with pytest.raises(PseudoError):
         split_row_id("nodigits_x")
+
+
+@pytest.mark.parametrize("row, message", [
+    ("noid,0.9,0,0", "bad row_id 'noid'; expected <soundscape>_<end second>"),
+    (",0.9,0,0", "bad row_id ''"),
+    ("S1_10,0.9,abc,0", "row_id 'S1_10', column 'bbb1': 'abc' is not a probability; the class columns hold "
+                        "numbers in [0, 1]"),
+    ("S1_10,0.9,,0", "row_id 'S1_10', column 'bbb1': '' is not a probability"),
+    ("S1_10,0.9,nan,0", "row_id 'S1_10', column 'bbb1': 'nan' is not a probability"),
+    ("S1_10,0.9,0,inf", "row_id 'S1_10', column '41778': 'inf' is not a probability"),
+    ("S1_10,1.5,0,0", "row_id 'S1_10', column 'aaa1': '1.5' is not a probability"),
+    ("S1_10,0.9,-0.1,0", "row_id 'S1_10', column 'bbb1': '-0.1' is not a probability"),
+])
+def test_bad_rows_are_named_with_their_file(tmp_path, row, message):
+    (tmp_path / "00-bad.csv").write_text(f"row_id,{','.join(CLASSES)}\nS1_5,0.9,0,0\n{row}\n")
+    with pytest.raises(PseudoError) as error:
+        load_pool(tmp_path, CLASSES, 0.5, 0.1, 0.4, store_keys={"train_soundscapes/S1.ogg"})
+    assert str(error.value).startswith(f"{tmp_path / '00-bad.csv'}: {message}")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """What `birdclef pseudo` reads: params.yaml (one family, one fold), round0's trained fold
+    under models/, and a store holding one 10-s unlabelled soundscape, S1."""
+    root = tmp_path_factory.mktemp("teacher")
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    values.update(families=["eca"], folds=[0])
+    (root / "params.yaml").write_text(yaml.safe_dump(values))
+    save_trained(realistic_random_model(0), root / "models" / "round0" / "eca" / "fold0", fold=0)
+    (root / "store").mkdir()
+    writer = ShardWriter(root / "store" / "train_soundscapes-000.h5", 32000, "float16", "test")
+    writer.append("train_soundscapes/S1.ogg", tone(3000, 10.0, 32000), 32000, 1, "OGG")
+    write_index(root / "store", writer.close())
+    return root
+
+
+def pseudo_command(teacher, cwd, *args):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return run([python(), "-m", "birdclef", "pseudo", "--params", teacher / "params.yaml", "--models",
+                teacher / "models", *args], cwd, env, check=False)
+
+
+def test_a_missing_store_is_named(teacher, tmp_path):
+    result = pseudo_command(teacher, tmp_path, "--store", "nope")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: nope/index.csv: no store index; run `dvc repro precompute`" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("row, message", [
+    ("noid,0.9", "bad row_id 'noid'"),
+    ("S1_10,abc", "row_id 'S1_10', column 'amerob': 'abc' is not a probability"),
+])
+def test_a_bad_inherited_file_is_named_before_anything_is_written(teacher, tmp_path, row, message):
+    inherit = tmp_path / "inherit"
+    inherit.mkdir()
+    zeros = ",0" * (len(TEACHER_CLASSES) - 1)
+    (inherit / "00-published.csv").write_text(f"row_id,{','.join(TEACHER_CLASSES)}\nS1_5,0.9{zeros}\n{row}{zeros}\n")
+    result = pseudo_command(teacher, tmp_path, "--store", teacher / "store", "--inherit", inherit, "--out", "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {inherit / '00-published.csv'}: {message}" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inherit"]

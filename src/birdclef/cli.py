@@ -220,7 +220,6 @@ def train(
     """Train one fold of one family in one self-training round (best epoch by validation
     ROC-AUC)."""
     from birdclef.outputs import OutputError
-    from birdclef.params import PSEUDO_ROOT
     from birdclef.pseudo import PseudoError
     from birdclef.store import StoreError
     from birdclef.tables import TableError
@@ -234,8 +233,7 @@ def train(
                                f"(folds 0..{params.prepare.n_folds - 1})"))
     _check_folder(raw, "--raw", "the download stage's output")
     _check_folder(tables, "--tables", "the prepare stage's output")
-    if pseudo.parent == Path(PSEUDO_ROOT):  # a teacher round's labels, not the published ones
-        _check_folder(pseudo, f"{round}'s pseudo labels", f"`dvc repro pseudo@{pseudo.name}` writes them")
+    _check_teacher_labels(round, pseudo)
     if pretrained is not None and not pretrained.is_file():
         raise _fail(FileNotFoundError(f"--pretrained {pretrained}: no such file; leave it out to start from "
                                       "models/pretrained/<family>.pt or random weights"))
@@ -259,6 +257,15 @@ def _round_pseudo(params, round: str) -> Path:
     if round not in pseudo_of:
         raise _fail(ValueError(f"unknown round {round!r}; params.yaml has {', '.join(pseudo_of)}"))
     return Path(pseudo_of[round])
+
+
+def _check_teacher_labels(round: str, pseudo: Path) -> None:
+    """A teacher round's labels (``data/pseudo/<teacher>``, the round's ``pseudo`` folder) must
+    exist, or ``round`` would quietly go without them; the published ones may be absent (none)."""
+    from birdclef.params import PSEUDO_ROOT
+
+    if pseudo.parent == Path(PSEUDO_ROOT):
+        _check_folder(pseudo, f"{round}'s pseudo labels", f"`dvc repro pseudo@{pseudo.name}` writes them")
 
 
 def _check_folder(folder: Path, name: str, what: str) -> None:
@@ -306,16 +313,19 @@ def pseudo(
     from birdclef.outputs import OutputError
     from birdclef.params import PSEUDO_ROOT
     from birdclef.pseudo import PseudoError, pseudo_label_round
+    from birdclef.store import StoreError
 
     params = _load(params_path)
     trained_with = _round_pseudo(params, round)
-    if inherit is not None:
+    if inherit is None:
+        _check_teacher_labels(round, trained_with)
+    else:
         _check_folder(inherit, "--inherit", "the pseudo labels the round trained with")
     out = out or Path(PSEUDO_ROOT) / round
     _check_outputs(folders={"--out": out})
     try:
         summary = pseudo_label_round(params, round, models, inherit or trained_with, store, out)
-    except (PseudoError, ExportError, OutputError, FileNotFoundError) as error:
+    except (PseudoError, ExportError, StoreError, OutputError, FileNotFoundError) as error:
         raise _fail(error) from None
     typer.echo(f"pseudo {round}: {summary}")
 

@@ -13,6 +13,7 @@ The last two need ``test_soundscapes_labels.csv`` (the sample has it; Kaggle's t
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ import numpy as np
 from birdclef import layout
 from birdclef.labels import multi_hot
 from birdclef.metrics import macro_roc_auc
-from birdclef.outputs import write_atomically, write_json
-from birdclef.tables import TableError, read_csv
+from birdclef.outputs import check_output_path, json_to_file, write_together
+from birdclef.tables import TableError, read_csv, row_lines
 
 
 def cross_validation(models: Path, family: str, folds: list[int], table, classes: list[str]) -> dict:
@@ -52,6 +53,10 @@ def soundscape_auc(labels, predictions, source: str) -> tuple[float, dict[str, f
     subset, an extra one has nothing to be scored against. ``source`` names them in the error."""
     from sklearn.metrics import roc_auc_score
 
+    repeated = sorted(set(predictions["row_id"][predictions["row_id"].duplicated()]))
+    if repeated:
+        raise TableError(f"{source}: {len(repeated)} row_id(s) {repeated[:3]} are listed more than once; score "
+                         "each labelled test window once (`dvc repro infer`).")
     predicted, labelled = set(predictions["row_id"]), set(labels["row_id"])
     for rows, problem in ((predicted - labelled, f"are not windows of {layout.TEST_LABELS_CSV}"),
                           (labelled - predicted, f"of {layout.TEST_LABELS_CSV} are not scored")):
@@ -64,6 +69,35 @@ def soundscape_auc(labels, predictions, source: str) -> tuple[float, dict[str, f
     per_class = {label: round(float(roc_auc_score(targets[:, i], scores[:, i])), 5)
                  for i, label in enumerate(classes) if 0 < targets[:, i].sum() < len(targets)}
     return round(macro_roc_auc(targets, scores), 5), per_class
+
+
+def read_labels(path: Path):
+    """The test soundscapes' labels: one row per window (``row_id``), a 0 or 1 per class.
+
+    Checked here, as sklearn's errors for a blank, a 2 or a repeated window name no file or row."""
+    import pandas as pd
+
+    fix = f"restore {layout.TEST_LABELS_CSV} (`dvc repro download`) or fix it by hand"
+    frame = read_csv(path, ("row_id",), fix=fix)
+    classes = [column for column in frame.columns if column != "row_id"]
+    if frame.empty or not classes:
+        raise TableError(f"{path}: no windows or no classes; it needs a row per test window and a column per "
+                         f"class; {fix}.")
+    lines = row_lines(path)
+    first_line = {}
+    for line, row_id in zip(lines, frame["row_id"]):
+        if row_id in first_line:
+            raise TableError(f"{path}:{line}: row_id {row_id!r} is on line {first_line[row_id]} too; remove one "
+                             "of the rows.")
+        first_line[row_id] = line
+    values = frame[classes].apply(pd.to_numeric, errors="coerce")  # a blank or a word: NaN
+    for name in classes:
+        wrong = np.flatnonzero(~values[name].isin((0, 1)))
+        if len(wrong):
+            raise TableError(f"{path}:{lines[wrong[0]]}: column {name!r} holds {frame[name].iloc[wrong[0]]!r}; a "
+                             f"label is 0 or 1 (1: the species calls in the window); {fix}.")
+    frame[classes] = values.astype(int)
+    return frame
 
 
 def read_submission(path: Path, labels):
@@ -112,10 +146,11 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
     from birdclef.store import AudioStore
     from birdclef.train import read_tables
 
+    plot = check_output_path(plots / "per_class_auc.csv")  # before the long part, not after it
     table, classes, _ = read_tables(tables)
     metrics: dict = {}
     labels_path = raw / layout.TEST_LABELS_CSV
-    labels = pd.read_csv(labels_path) if labels_path.is_file() else None
+    labels = read_labels(labels_path) if labels_path.is_file() else None
     submitted = None  # scored first: a broken submission fails before the long part
     if labels is not None and Path(submission).is_file():
         submitted = soundscape_auc(labels, read_submission(submission, labels), str(submission))
@@ -134,7 +169,6 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
     per_class = {}
     if submitted is not None:
         metrics["submission_soundscape_auc"], per_class = submitted
-    write_json(out, metrics)
     per_class_frame = pd.DataFrame({"species": list(per_class), "auc": list(per_class.values())})
-    write_atomically(plots / "per_class_auc.csv", lambda tmp: per_class_frame.to_csv(tmp, index=False))
+    write_together({out: partial(json_to_file, metrics), plot: partial(per_class_frame.to_csv, index=False)})
     return metrics

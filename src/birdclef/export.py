@@ -33,8 +33,23 @@ OUTPUT_NAME = "probabilities"
 EXPORT_MARKER = "export.json"
 PARITY_WINDOWS = 4
 PARITY_SEED = 2025
-# What a fold's meta.json must give to rebuild its network; the folds of one family agree on all.
-META_KEYS = ("backbone", "classes", "hidden", "sample_rate")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _class_list(value) -> bool:
+    return (isinstance(value, list) and len(value) > 0 and all(isinstance(name, str) and name for name in value)
+            and len(set(value)) == len(value))
+
+
+# What a fold's meta.json must give to rebuild its network (the folds of one family agree on
+# all), and what export.json must give to run the export; each with the check of its value.
+META_CHECKS = {"backbone": lambda value: isinstance(value, str) and bool(value), "classes": _class_list,
+               "hidden": _positive_int, "sample_rate": _positive_int}
+INFO_CHECKS = {"classes": _class_list, "sample_rate": _positive_int, "window_samples": _positive_int,
+               "frontend": lambda value: isinstance(value, dict)}
 
 # Bounds of the parity check, on max |probability difference| to PyTorch eager (fp32) on
 # realistic windows. Each is BASE + ROUNDING_FACTOR x the ensemble's own fp32 rounding error
@@ -116,12 +131,16 @@ def load_fold_models(folder: Path, folds: list[int]) -> tuple[list[BirdClassifie
         meta = _read_meta(fold_dir / "meta.json")
         if first is None:
             first = meta
-        for key in META_KEYS:
+        for key in META_CHECKS:
             if meta[key] != first[key]:
                 raise ExportError(f"{fold_dir}: '{key}' differs from fold {folds[0]}'s; the folds of "
                                   "one family must share backbone, head, classes and sample rate.")
-        model = BirdClassifier(meta["backbone"], len(meta["classes"]), hidden=meta["hidden"],
-                               frontend=MelFrontend(sample_rate=meta["sample_rate"]))
+        try:
+            model = BirdClassifier(meta["backbone"], len(meta["classes"]), hidden=meta["hidden"],
+                                   frontend=MelFrontend(sample_rate=meta["sample_rate"]))
+        except RuntimeError as error:  # timm: "Unknown model (...)"
+            raise ExportError(f"{fold_dir / 'meta.json'}: backbone {meta['backbone']!r} cannot be built here "
+                              f"({error}); train the fold again or install the timm version that trained it.") from None
         try:
             model.load_state_dict(torch.load(fold_dir / "model.pt", map_location="cpu", weights_only=True))
         except Exception as error:  # torch raises several types for a damaged or mismatched file
@@ -137,11 +156,23 @@ def _read_meta(path: Path) -> dict:
         meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise ExportError(f"{path}: damaged ({error}); train the fold again or `dvc pull` it.") from None
-    missing = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
+    return _checked(path, meta, META_CHECKS, "it was written by another version of the train stage or edited: "
+                    "train the fold again (`dvc repro train`).")
+
+
+def _checked(path: Path, document, checks: dict, fix: str) -> dict:
+    """``document`` (a JSON file's contents) when it is an object with every key of ``checks``
+    and each value passes its check, else an ExportError naming the file, the keys and ``fix``."""
+    if not isinstance(document, dict):
+        raise ExportError(f"{path}: a JSON {type(document).__name__}, not an object; {fix}")
+    missing = [key for key in checks if key not in document]
     if missing:
-        raise ExportError(f"{path}: no {', '.join(missing)}; it was written by another version of the train "
-                          "stage: train the fold again (`dvc repro train`).")
-    return meta
+        raise ExportError(f"{path}: no {', '.join(missing)}; {fix}")
+    bad = [key for key, check in checks.items() if not check(document[key])]
+    if bad:
+        values = ", ".join(f"{key} {document[key]!r:.60}" for key in bad)
+        raise ExportError(f"{path}: bad {values}; {fix}")
+    return document
 
 
 def parity_windows(count: int = PARITY_WINDOWS, samples: int = 160_000, sample_rate: int = 32_000,
@@ -385,7 +416,7 @@ def join_families(folders: list[Path], weights: list[float] | None = None):
     import openvino as ov
     import openvino.opset13 as ops
 
-    infos = [_read_info(Path(folder)) for folder in folders]
+    infos = [read_export_info(Path(folder)) for folder in folders]
     for folder, info in zip(folders[1:], infos[1:]):
         for key in ("classes", "window_samples", "sample_rate", "frontend"):
             if info.get(key) != infos[0].get(key):
@@ -395,6 +426,11 @@ def join_families(folders: list[Path], weights: list[float] | None = None):
         raise ExportError(f"{folders}: an export without a known spectrogram tensor; re-run `dvc repro export`.")
     core = ov.Core()
     models = [_read_model(core, Path(folder)) for folder in folders]
+    for folder, model, info in zip(folders, models, infos):
+        shape = model.get_results()[0].get_output_partial_shape(0)
+        if shape.rank.is_static and shape[-1].is_static and shape[-1].get_length() != len(info["classes"]):
+            raise ExportError(f"{folder}: model.xml gives {shape[-1].get_length()} outputs, export.json names "
+                              f"{len(info['classes'])} classes; {DAMAGED}")
     shared = _find_output(models[0], infos[0]["spectrogram_tensor"])
     (wave,) = models[0].get_parameters()
     outputs = [models[0].get_results()[0].input_value(0)]
@@ -412,8 +448,8 @@ def join_families(folders: list[Path], weights: list[float] | None = None):
     if len(outputs) == 1:
         return models[0], infos
     weights = np.ones(len(outputs)) if weights is None else np.asarray(weights, np.float64)
-    if weights.shape != (len(outputs),) or (weights < 0).any() or weights.sum() <= 0:
-        raise ExportError(f"family weights {weights.tolist()}: one non-negative weight per family, not all 0.")
+    if weights.shape != (len(outputs),) or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ExportError(f"family weights {weights.tolist()}: one finite, non-negative weight per family, not all 0.")
     total = None
     for output, weight in zip(outputs, weights / weights.sum()):
         output.get_tensor().set_names(set())  # every family named its output "probabilities"
@@ -426,14 +462,16 @@ def join_families(folders: list[Path], weights: list[float] | None = None):
 DAMAGED = "the export is damaged or incomplete: run `dvc repro export` (or `dvc pull models/export`) again."
 
 
-def _read_info(folder: Path) -> dict:
+def read_export_info(folder: Path) -> dict:
+    """A family's ``export.json``, checked for what running its model needs (``INFO_CHECKS``)."""
     if not (folder / "model.xml").is_file() or not (folder / "export.json").is_file():
         raise FileNotFoundError(f"{folder}: no exported model (model.xml + export.json); "
                                 "run `dvc repro export` first.")
     try:
-        return json.loads((folder / "export.json").read_text())
+        info = json.loads((folder / "export.json").read_text())
     except (ValueError, OSError) as error:
         raise ExportError(f"{folder / 'export.json'}: unreadable ({error}); {DAMAGED}") from None
+    return _checked(folder / "export.json", info, INFO_CHECKS, DAMAGED)
 
 
 def _read_model(core, folder: Path):

@@ -54,7 +54,7 @@ def load_ensemble(exports: Path, families: list[str], weights: dict[str, float],
     once), averaged with ``weights``: (n, samples) windows -> (n, K) scores. ``batch``: compile
     for that many windows per call (``ExportedEnsemble``). ``audio`` (params' section): the
     graphs take windows of one length at one rate, so params must still give those."""
-    from birdclef.export import ExportedEnsemble
+    from birdclef.export import ExportedEnsemble, read_export_info
 
     missing = [family for family in families if family not in weights]
     if missing:
@@ -65,14 +65,14 @@ def load_ensemble(exports: Path, families: list[str], weights: dict[str, float],
     if (exports / "model.xml").is_file():
         raise InferError(f"{exports} is one family's export; name the folder above it, which holds one per "
                          f"family ({', '.join(families)}).")
-    ensemble = ExportedEnsemble([exports / family for family in families], threads, precision, streams,
-                                [weights[family] for family in families], batch)
-    if audio is not None and (ensemble.sample_rate, ensemble.window_samples) != (audio.sample_rate,
-                                                                                audio.window_samples):
-        raise InferError(f"{exports}: the models take {ensemble.window_samples}-sample windows at "
-                         f"{ensemble.sample_rate} Hz, but params' audio gives {audio.window_samples} at "
-                         f"{audio.sample_rate} Hz; restore audio.* or export again (`dvc repro`).")
-    return ensemble
+    if audio is not None:  # before the compile: infer's batch is a minute of params' windows (60,000 of 1 ms)
+        info = read_export_info(exports / families[0])  # the families share it (``join_families``)
+        if (info["sample_rate"], info["window_samples"]) != (audio.sample_rate, audio.window_samples):
+            raise InferError(f"{exports}: the models take {info['window_samples']}-sample windows at "
+                             f"{info['sample_rate']} Hz, but params' audio gives {audio.window_samples} at "
+                             f"{audio.sample_rate} Hz; restore audio.* or export again (`dvc repro`).")
+    return ExportedEnsemble([exports / family for family in families], threads, precision, streams,
+                            [weights[family] for family in families], batch)
 
 
 def read_ahead(paths: list[Path], sample_rate: int):
@@ -96,6 +96,8 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
     """Write ``submission.csv`` for every soundscape in ``soundscapes`` and time it."""
     import pandas as pd
 
+    if Path(out).resolve() == Path(metrics).resolve():  # one file cannot hold both
+        raise InferError(f"the submission and the metrics would both be written to {out}: name two files.")
     settings = params.infer
     window_seconds = params.audio.window_seconds
     ensemble = load_ensemble(exports, params.families, settings.family_weights, settings.threads or None,
@@ -109,7 +111,7 @@ def infer(params, exports: Path, soundscapes: Path, sample_submission: Path, out
     if unknown:
         raise InferError(f"{sample_submission}: columns {unknown[:5]} are not among the models' classes.")
     order = [ensemble.classes.index(column) for column in columns]
-    paths = sorted(p for p in Path(soundscapes).iterdir() if p.suffix.lower() in layout.AUDIO_SUFFIXES)
+    paths = audio_files(Path(soundscapes).iterdir())
     _check_unique_stems(paths)
     window = params.audio.window_samples
     rows, ids, audio_seconds = [], [], 0.0
@@ -150,14 +152,19 @@ def _check_unique_stems(paths: list[Path]) -> None:
         seen[path.stem] = path
 
 
+def audio_files(paths) -> list[Path]:
+    """The audio files among ``paths``, sorted: a folder named like audio is no recording; a
+    broken link is kept, so that it is reported."""
+    return sorted(p for p in paths if p.suffix.lower() in layout.AUDIO_SUFFIXES and not p.is_dir())
+
+
 def find_audio(inputs: list[Path]) -> list[Path]:
     """Files given directly, plus every audio file under the given folders, sorted."""
     found = []
     for item in inputs:
         item = Path(item)
-        if item.is_dir():  # a folder named like audio is no recording; a broken link is reported
-            found += sorted(p for p in item.rglob("*")
-                            if p.suffix.lower() in layout.AUDIO_SUFFIXES and not p.is_dir())
+        if item.is_dir():
+            found += audio_files(item.rglob("*"))
         elif item.exists():
             found.append(item)
         else:
@@ -191,6 +198,9 @@ def predict(inputs: list[Path], ensemble: ExportedEnsemble, out: Path, window_se
         if table.is_dir():
             raise InferError(f"{table} is a folder, where the Raven table of {path} goes: move it, "
                              "or name another Raven folder.")
+        if table.resolve() == out.resolve():
+            raise InferError(f"{out} is where the Raven table of {path} goes: name another output file "
+                             "or Raven folder.")
     recordings = {path.resolve() for path in audio}
     for target in (out, *tables.values()):
         if target.resolve() in recordings:

@@ -10,7 +10,9 @@ Heavy libraries are not imported here: every stage reads its params first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import typing
+from dataclasses import dataclass, is_dataclass
 from typing import Optional
 from pathlib import Path
 
@@ -216,7 +218,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except ConfigKeyError as error:
         raise ParamsError(f"{path}: unknown key '{error.full_key}'; check its spelling against conf/.") from None
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
+        key = getattr(error, "full_key", None) or _misshapen_key(Params, yaml.safe_load(path.read_text())) or "?"
         raise ParamsError(f"{path}: bad value at '{key}': {str(error.msg).splitlines()[0]}") from None
     except yaml.YAMLError as error:
         place = getattr(error, "problem_mark", None)
@@ -250,8 +252,9 @@ def _check(params: Params, path: Path) -> None:
             if getattr(family, key) not in allowed:
                 raise ParamsError(f"{path}: 'family.{name}.{key}' is {getattr(family, key)!r}; "
                                   f"use one of {', '.join(allowed)}.")
-    if not params.rounds:
-        raise ParamsError(f"{path}: 'rounds' needs at least one round.")
+    for key, item in (("families", "family"), ("folds", "fold"), ("rounds", "round")):
+        if not _get(params, key):
+            raise ParamsError(f"{path}: '{key}' needs at least one {item}.")
     round_names = [item.name for item in params.rounds]
     if params.export.round not in round_names:
         raise ParamsError(f"{path}: 'export.round' is {params.export.round!r}; use one of "
@@ -287,6 +290,13 @@ def _check(params: Params, path: Path) -> None:
     if unknown:
         raise ParamsError(f"{path}: 'infer.family_weights' names {', '.join(unknown)}, which is no family; "
                           f"known: {', '.join(params.family)}.")
+    broken = [f"{name}: {weight}" for name, weight in weights.items() if not (math.isfinite(weight) and weight >= 0)]
+    if broken:
+        raise ParamsError(f"{path}: 'infer.family_weights' has {', '.join(broken)}; a weight must be a number, "
+                          "0 or more (0 leaves the family out of the average).")
+    if sum(weights[name] for name in params.families) == 0:
+        raise ParamsError(f"{path}: 'infer.family_weights' gives every family in 'families' weight 0, so there is "
+                          "nothing to average; give at least one more than 0 (equal weights: the seed's mean).")
 
 
 def _check_teachers(params: Params, path: Path) -> None:
@@ -304,6 +314,29 @@ def _check_teachers(params: Params, path: Path) -> None:
         if parent == PSEUDO_ROOT and teacher not in params.teachers:
             raise ParamsError(f"{path}: round {item.name} trains with {item.pseudo}, which no stage writes; "
                               f"add 'teachers.{teacher}: {pseudo_of.get(teacher, '<its pseudo folder>')}'.")
+
+
+def _misshapen_key(hint, value, key: str = "") -> str | None:
+    """The first key where ``value`` (the YAML as read) holds a list for a mapping or a mapping
+    for a list, by the schema type ``hint``: omegaconf names no key for that."""
+    if value is None:  # an Optional section left out; omegaconf names a None where one is not allowed
+        return None
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        hint = typing.get_args(hint)[0]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    prefix = f"{key}." if key else ""
+    if is_dataclass(hint) and isinstance(value, dict):
+        fields = typing.get_type_hints(hint)
+        children = [(fields[name], item, prefix + name) for name, item in value.items() if name in fields]
+    elif origin is dict and isinstance(value, dict):
+        children = [(args[1], item, prefix + name) for name, item in value.items()]
+    elif origin is list and isinstance(value, list):
+        children = [(args[0], item, f"{key}[{index}]") for index, item in enumerate(value)]
+    elif is_dataclass(hint) or origin in (dict, list):
+        return key
+    else:
+        return None
+    return next(filter(None, (_misshapen_key(*child) for child in children)), None)
 
 
 def _get(obj, dotted: str):

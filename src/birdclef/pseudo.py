@@ -65,11 +65,12 @@ def stack(frames: list, classes: list[str], min_primary_prob: float, trim_prob: 
 
 
 def read_pseudo_file(path: Path, classes: list[str]):
-    """One pseudo-label CSV: row_id and a probability column per class (more columns are fine)."""
+    """One pseudo-label CSV: row_id and a probability column per class (more columns are fine),
+    every row checked here, so that a bad file is named before the work that uses it."""
     import pandas as pd
 
-    try:
-        frame = pd.read_csv(path)
+    try:  # an empty cell stays '' (named below), not NaN
+        frame = pd.read_csv(path, dtype={"row_id": str}, keep_default_na=False)
     except (OSError, ValueError) as error:  # pandas' parser, empty-file and decoding errors are ValueErrors
         raise PseudoError(f"{path}: unreadable ({str(error).strip()}); a pseudo file is a UTF-8 CSV with row_id and one "
                           "probability column per class.") from None
@@ -77,6 +78,18 @@ def read_pseudo_file(path: Path, classes: list[str]):
     if missing:
         raise PseudoError(f"{path}: lacks columns {missing[:5]}; a pseudo file needs row_id and "
                           "one probability column per class.")
+    for row_id in frame["row_id"]:
+        try:
+            split_row_id(row_id)
+        except PseudoError as error:
+            raise PseudoError(f"{path}: {error}.") from None
+    values = frame[classes].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)  # text: NaN
+    bad = np.argwhere(~((values >= 0) & (values <= 1)))
+    if len(bad):
+        row, column = bad[0]
+        raise PseudoError(f"{path}: row_id {frame['row_id'].iloc[row]!r}, column {classes[column]!r}: "
+                          f"{str(frame[classes[column]].iloc[row])!r} is not a probability; the class columns "
+                          "hold numbers in [0, 1].")
     return frame
 
 
@@ -151,6 +164,7 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
 
     out = check_replaceable(out, PSEUDO_MARKER)
     ensembles, classes = teacher_ensembles(models / round_name, params.families, params.folds)
+    # absent published labels (data/raw/pseudo) are none; the command refuses a missing teacher round's folder
     inherited = pseudo_files(inherit) if inherit.is_dir() else []
     inherited_frames = [read_pseudo_file(path, classes) for path in inherited]  # checked before the long part
     keys = AudioStore(store).keys(layout.TRAIN_SOUNDSCAPES)

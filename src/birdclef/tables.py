@@ -53,7 +53,7 @@ def read_csv(path: Path, columns: tuple[str, ...], fix: str | None = None):
     return frame
 
 
-def _row_lines(path: Path) -> list[int]:
+def row_lines(path: Path) -> list[int]:
     """The line of ``path`` on which each data row starts, for messages: blank lines (which
     pandas skips) and multi-line cells make it differ from the row's number."""
     reader = csv.reader(io.StringIO(path.read_text("utf-8-sig")))
@@ -88,7 +88,7 @@ def read_train_table(path: Path, audio_root: Path, vocabulary: list[str] | None)
     frame = read_csv(path, REQUIRED_COLUMNS)
     known = None if vocabulary is None else set(vocabulary)
     filenames, secondary, line_of = [], [], {}
-    for line, row in zip(_row_lines(path), frame.itertuples(index=False)):
+    for line, row in zip(row_lines(path), frame.itertuples(index=False)):
         if not row.filename.strip():
             raise TableError(f"{path}:{line}: 'filename' is empty; name the recording (<label>/<file>, "
                              f"relative to {audio_root}) or remove the row.")
