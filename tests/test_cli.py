@@ -156,6 +156,26 @@ def test_stage_commands_name_what_is_missing(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["pretrain", "--family", "eca", "--raw", "nope"],
+    ["train", "--family", "eca", "--fold", "7"],
+    ["pseudo", "--inherit", "nope"],
+    ["export", "--family", "eca", "--out", "params.yaml"],
+    ["infer", "--soundscapes", "nope"],
+    ["evaluate", "--tables", "nope"],
+    ["predict", "x.wav", "-o", "params.yaml/p.csv"],
+])
+def test_a_slip_in_the_options_is_named_before_torch_loads(tmp_path, args):
+    """A mistyped option fails in a fraction of a second, not after torch, Lightning and OpenVINO load."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    code = ("import atexit, sys; from birdclef.cli import app; "
+            "atexit.register(lambda: print('loaded:', sorted({'torch', 'lightning', 'timm', 'openvino'} "
+            "& set(sys.modules)), file=sys.stderr)); app(prog_name='birdclef')")
+    result = run([python(), "-c", code, *args], tmp_path, env(), check=False)
+    assert result.returncode == 1 and "error: " in result.stderr
+    assert "loaded: []" in result.stderr
+
+
 @pytest.mark.parametrize("command, marker", [("precompute", "<collection>-NNN.h5"), ("prepare", "classes.json")])
 def test_data_stages_refuse_to_write_into_a_foreign_folder(tmp_path, command, marker):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())

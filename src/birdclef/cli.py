@@ -1,7 +1,9 @@
 """``birdclef``: one command per pipeline stage (dvc.yaml calls them) plus ``predict``.
 
 Each command parses its options and calls one function of the module that owns the work.
-Nothing heavy is imported at module level, so ``birdclef --help`` is instant; settings are
+Nothing heavy is imported at module level, so ``birdclef --help`` is instant, and a command
+imports the module that does its work only after checking its options and paths, so a slip
+is named in a fraction of a second rather than after torch and Lightning load. Settings are
 read from ``params.yaml`` (``--params``), paths come as options with the pipeline's defaults.
 """
 
@@ -91,12 +93,12 @@ def download(
     """Write the raw dataset: the generated sample (`data.source: sample`, offline) or the
     Kaggle competition plus the authors' datasets (`data.source: birdclef2025`, needs
     Kaggle credentials)."""
+    params = _load(params_path)
+    _check_outputs(folders={"--out": out})
     from birdclef.download import DownloadError, download as run
     from birdclef.outputs import OutputError
     from birdclef.sample import SampleError
 
-    params = _load(params_path)
-    _check_outputs(folders={"--out": out})
     try:
         summary = run(out, params)
     except (DownloadError, OutputError) as error:
@@ -118,14 +120,14 @@ def precompute(
 
     Resumable: finished shards are kept while their files, settings and decoder (code and
     library versions) are unchanged."""
+    params = _load(params_path)
+    _check_external(external)
+    _check_outputs(folders={"--out": out})
     from birdclef.audio import AudioError
     from birdclef.outputs import OutputError
     from birdclef.precompute import PrecomputeError, precompute as run
     from birdclef.tables import TableError
 
-    params = _load(params_path)
-    _check_external(external)
-    _check_outputs(folders={"--out": out})
     try:
         summary = run(raw, external, out, params)
     except (PrecomputeError, TableError, AudioError, OutputError) as error:
@@ -147,14 +149,14 @@ def prepare(
 ) -> None:
     """Build the training table, the class list, both split variants (prepare.n_folds folds) and the
     per-class oversampling rows."""
+    params = _load(params_path)
+    _check_external(external)
+    _check_outputs(folders={"--out": out})
     from birdclef.outputs import OutputError
     from birdclef.prepare import PrepareError, prepare as run
     from birdclef.store import StoreError
     from birdclef.tables import TableError
 
-    params = _load(params_path)
-    _check_external(external)
-    _check_outputs(folders={"--out": out})
     try:
         summary = run(raw, external, store, out, params)
     except (PrepareError, TableError, StoreError, OutputError) as error:
@@ -182,17 +184,17 @@ def pretrain(
 ) -> None:
     """The backbone weights a family starts from (pretrain.source: corpus pretraining, the
     authors' published backbones, or none), saved as a backbone-only state dict."""
-    from birdclef.outputs import OutputError
-    from birdclef.pretrain import prepare_backbone
-    from birdclef.store import StoreError
-    from birdclef.train import TrainError
-
     params = _load(params_path)
     _check_family(params, family)
     _check_folder(raw, "--raw", "the download stage's output")
     out = out or Path("models/pretrained") / f"{family}.pt"
     logs = logs or Path("metrics/pretrain") / family
     _check_outputs(files={"--out": out}, folders={"--logs": logs})
+    from birdclef.outputs import OutputError
+    from birdclef.pretrain import prepare_backbone
+    from birdclef.store import StoreError
+    from birdclef.train import TrainError
+
     try:
         summary = prepare_backbone(params, family, raw, store, out, logs)
     except (TrainError, StoreError, OutputError) as error:
@@ -219,12 +221,6 @@ def train(
 ) -> None:
     """Train one fold of one family in one self-training round (best epoch by validation
     ROC-AUC)."""
-    from birdclef.outputs import OutputError
-    from birdclef.pseudo import PseudoError
-    from birdclef.store import StoreError
-    from birdclef.tables import TableError
-    from birdclef.train import RunPaths, TrainError, train_fold
-
     params = _load(params_path)
     _check_family(params, family)
     pseudo = _round_pseudo(params, round)
@@ -238,10 +234,17 @@ def train(
         raise _fail(FileNotFoundError(f"--pretrained {pretrained}: no such file; leave it out to start from "
                                       "models/pretrained/<family>.pt or random weights"))
     run_name = Path(round) / family / f"fold{fold}"
+    out = out or Path("models") / run_name
+    logs = logs or Path("metrics/train") / run_name
+    _check_outputs(folders={"--out": out, "--logs": logs})
+    from birdclef.outputs import OutputError
+    from birdclef.pseudo import PseudoError
+    from birdclef.store import StoreError
+    from birdclef.tables import TableError
+    from birdclef.train import RunPaths, TrainError, train_fold
+
     paths = RunPaths(store=store, tables=tables, raw=raw, pseudo=pseudo if pseudo.is_dir() else None,
-                     pretrained=pretrained or Path("models/pretrained") / f"{family}.pt",
-                     out=out or Path("models") / run_name, logs=logs or Path("metrics/train") / run_name)
-    _check_outputs(folders={"--out": paths.out, "--logs": paths.logs})
+                     pretrained=pretrained or Path("models/pretrained") / f"{family}.pt", out=out, logs=logs)
     try:
         meta = train_fold(params, family, fold, paths)
     except (TrainError, PseudoError, StoreError, OutputError, TableError) as error:
@@ -309,11 +312,7 @@ def pseudo(
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Pseudo-label every unlabelled soundscape (12 windows of 5 s) with a round's ensemble."""
-    from birdclef.export import ExportError
-    from birdclef.outputs import OutputError
     from birdclef.params import PSEUDO_ROOT
-    from birdclef.pseudo import PseudoError, pseudo_label_round
-    from birdclef.store import StoreError
 
     params = _load(params_path)
     trained_with = _round_pseudo(params, round)
@@ -323,6 +322,11 @@ def pseudo(
         _check_folder(inherit, "--inherit", "the pseudo labels the round trained with")
     out = out or Path(PSEUDO_ROOT) / round
     _check_outputs(folders={"--out": out})
+    from birdclef.export import ExportError
+    from birdclef.outputs import OutputError
+    from birdclef.pseudo import PseudoError, pseudo_label_round
+    from birdclef.store import StoreError
+
     try:
         summary = pseudo_label_round(params, round, models, inherit or trained_with, store, out)
     except (PseudoError, ExportError, StoreError, OutputError, FileNotFoundError) as error:
@@ -340,14 +344,14 @@ def export(
 ) -> None:
     """Export a family's folds as ONE graph (mel once, folds averaged, dynamic batch) to ONNX
     and an fp16 OpenVINO IR, with a parity check against PyTorch."""
-    from birdclef.export import ExportError, export_family
-    from birdclef.outputs import OutputError
-
     params = _load(params_path)
     _check_family(params, family)
     models = models or Path("models") / params.export.round
     out = out or Path("models/export") / family
     _check_outputs(folders={"--out": out})
+    from birdclef.export import ExportError, export_family
+    from birdclef.outputs import OutputError
+
     try:
         summary = export_family(models, family, params.folds, out, params.audio.window_samples)
     except (ExportError, OutputError) as error:
@@ -366,16 +370,16 @@ def infer(
     params_path: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write submission.csv: the OpenVINO ensemble on every test soundscape, TopN rescaled."""
-    from birdclef.export import ExportError
-    from birdclef.infer import InferError, infer as run
-    from birdclef.outputs import OutputError
-    from birdclef.tables import TableError
-
     params = _load(params_path)
     _check_folder(soundscapes, "--soundscapes", "the soundscapes to submit for; the download stage writes "
                   "data/raw/test_soundscapes")
     _check_file(sample_submission, "--sample-submission", "Kaggle's template; the download stage writes it")
     _check_outputs(files={"--out": out, "--metrics": metrics})
+    from birdclef.export import ExportError
+    from birdclef.infer import InferError, infer as run
+    from birdclef.outputs import OutputError
+    from birdclef.tables import TableError
+
     try:
         summary = run(params, exports, soundscapes, sample_submission, out, metrics)
     except (InferError, ExportError, FileNotFoundError, TableError, OutputError) as error:
@@ -399,6 +403,11 @@ def evaluate(
 ) -> None:
     """CV and OOF ROC-AUC per round and family, soundscape ROC-AUC per round, per family and
     of the submission (where labels exist), per-class AUC for `dvc plots`."""
+    params = _load(params_path)
+    _check_folder(tables, "--tables", "the prepare stage's output")
+    _check_folder(raw, "--raw", "the download stage's output")
+    _check_file(submission, "--submission", "the infer stage writes it")
+    _check_outputs(files={"--out": out}, folders={"--plots": plots})
     from birdclef.evaluate import evaluate as run
     from birdclef.export import ExportError
     from birdclef.outputs import OutputError
@@ -406,11 +415,6 @@ def evaluate(
     from birdclef.store import StoreError
     from birdclef.tables import TableError
 
-    params = _load(params_path)
-    _check_folder(tables, "--tables", "the prepare stage's output")
-    _check_folder(raw, "--raw", "the download stage's output")
-    _check_file(submission, "--submission", "the infer stage writes it")
-    _check_outputs(files={"--out": out}, folders={"--plots": plots})
     try:
         metrics_summary = run(params, models, tables, store, raw, submission, out, plots)
     except (ExportError, PseudoError, StoreError, FileNotFoundError, OutputError, TableError) as error:
@@ -434,14 +438,12 @@ def predict(
 ) -> None:
     """Score your own recordings, per 5-s window, with the exported ensemble (any sample rate,
     any length, resampled and downmixed). Unreadable files are skipped and listed with the reason."""
-    import warnings
-
+    params = _load(params_path)
+    _check_outputs(files={"--out": out}, folders={"--raven": raven} if raven else None)
     from birdclef.export import ExportError
     from birdclef.infer import InferError, load_ensemble, predict as run
     from birdclef.outputs import OutputError
 
-    params = _load(params_path)
-    _check_outputs(files={"--out": out}, folders={"--raven": raven} if raven else None)
     try:
         ensemble = load_ensemble(exports, params.families, params.infer.family_weights, threads or None,
                                  params.infer.precision, audio=params.audio)
