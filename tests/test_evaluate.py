@@ -94,6 +94,24 @@ def test_pseudo_labels_are_the_families_mean_after_the_inherited_files(params, r
     assert summary["kept_chunks"] == 3
 
 
+def test_kept_chunks_counts_what_the_next_round_loads(params, tmp_path):
+    """A teacher sure of nothing: every probability is sigmoid(1.6e-6) = 0.5000004, above the
+    0.5 threshold, but 0.500000 as written; the count must be the written file's."""
+    from birdclef.pseudo import load_pool
+
+    model = realistic_random_model(0)
+    torch.nn.init.zeros_(model.head.classifier.weight)
+    torch.nn.init.constant_(model.head.classifier.bias, 1.6e-6)
+    save_trained(model, tmp_path / "models" / "round0" / "eca" / "fold0", fold=0)
+    store = soundscape_store(tmp_path / "store", "train_soundscapes")
+    params.families, params.folds = ["eca"], [0]
+    summary = pseudo_label_round(params, "round0", tmp_path / "models", tmp_path / "none", tmp_path / "store",
+                                 tmp_path / "pseudo")
+    pool = load_pool(tmp_path / "pseudo", CLASSES, params.pseudo.min_primary_prob, params.pseudo.trim_prob,
+                     params.pseudo.swap_p, set(store.keys("train_soundscapes")))
+    assert summary["chunks"] == 4
+    assert summary["kept_chunks"] == len(pool) == 0
+
 def test_pseudo_command_inherits_what_the_round_trained_with(round_models, tmp_path):
     """`birdclef pseudo` with its defaults: round0, which trains with `rounds`' data/raw/pseudo."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -93,14 +93,20 @@ def read_pseudo_file(path: Path, classes: list[str]):
     return frame
 
 
+def stack_folder(folder: Path, classes: list[str], min_primary_prob: float, trim_prob: float):
+    """The kept chunks of a pseudo folder's files, read as written (probabilities rounded to
+    6 decimals), so that what a round reports is what the next one loads."""
+    frames = [read_pseudo_file(path, classes) for path in pseudo_files(folder)]
+    return stack(frames, classes, min_primary_prob, trim_prob)
+
+
 def load_pool(folder: Path, classes: list[str], min_primary_prob: float, trim_prob: float,
               swap_p: float, store_keys: set[str]):
     """The ``PseudoPool`` a training run swaps items from (empty when the folder has none)."""
 
     from birdclef.data import PseudoChunk, PseudoPool
 
-    frames = [read_pseudo_file(path, classes) for path in pseudo_files(folder)]
-    kept = stack(frames, classes, min_primary_prob, trim_prob)
+    kept = stack_folder(folder, classes, min_primary_prob, trim_prob)
     targets = kept[classes].to_numpy(np.float32)
     soundscape_keys = {Path(key).stem: key for key in store_keys}  # row ids name soundscapes by stem
     chunks: dict[str, list[PseudoChunk]] = {}
@@ -182,6 +188,6 @@ def pseudo_label_round(params, round_name: str, models: Path, inherit: Path, sto
             shutil.copyfile(path, folder / f"{number:02d}-{path.name.split('-', 1)[-1]}")
         frame.to_csv(folder / f"{len(inherited):02d}-{round_name}.csv", index=False, float_format="%.6f")
     # What the next round can swap in: the inherited files keep their soundscapes first.
-    kept = stack([*inherited_frames, frame], classes, params.pseudo.min_primary_prob, params.pseudo.trim_prob)
+    kept = stack_folder(out, classes, params.pseudo.min_primary_prob, params.pseudo.trim_prob)
     return {"soundscapes": len(keys), "chunks": len(frame), "kept_chunks": len(kept),
             "inherited_files": len(inherited)}
