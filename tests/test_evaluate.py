@@ -13,7 +13,7 @@ import yaml
 from birdclef import layout
 from birdclef.evaluate import evaluate, round_predictions
 from birdclef.export import FoldEnsemble
-from birdclef.pseudo import pseudo_label_round
+from birdclef.pseudo import load_pool, pseudo_label_round
 from birdclef.store import AudioStore, ShardWriter, write_index
 from conftest import REPO, python, run
 from trained_models import CLASSES, SAMPLES, realistic_random_model, save_trained
@@ -97,8 +97,6 @@ def test_pseudo_labels_are_the_families_mean_after_the_inherited_files(params, r
 def test_kept_chunks_counts_what_the_next_round_loads(params, tmp_path):
     """A teacher sure of nothing: every probability is sigmoid(1.6e-6) = 0.5000004, above the
     0.5 threshold, but 0.500000 as written; the count must be the written file's."""
-    from birdclef.pseudo import load_pool
-
     model = realistic_random_model(0)
     torch.nn.init.zeros_(model.head.classifier.weight)
     torch.nn.init.constant_(model.head.classifier.bias, 1.6e-6)
