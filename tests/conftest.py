@@ -137,6 +137,20 @@ def project_copy(target: Path) -> Path:
     return target
 
 
+def pytest_configure(config):
+    """Under xdist, share the cores out between the workers: torch, and the DVC stages that the
+    tests start, would each run one thread per core, and oversubscribed threads spin."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first (stable, the rest keep their order): under xdist each
+    starts at once on a worker of its own instead of ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def raw_dataset(tmp_path: Path) -> Path:
     return write_raw_dataset(tmp_path / "raw")
