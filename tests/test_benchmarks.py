@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from birdclef.store import INDEX_CSV
-from conftest import REPO, python, run
+from conftest import REPO, python, run, write_raw_dataset
 
 
 def test_inference_benchmark_exports_and_times_a_family(tmp_path: Path):
@@ -38,3 +38,29 @@ def test_gpu_training_benchmark_runs_on_the_cpu(tmp_path: Path):
     fed = re.search(r"loader alone\s+(\d+) samples/s\s+with loader\s+(\d+) samples/s\s+ratio \d+%", result.stdout)
     assert fed and int(fed.group(1)) > 0 and int(fed.group(2)) > 0, result.stdout
     assert len(pd.read_csv(tmp_path / INDEX_CSV)) == 8  # the synthetic store it read
+
+
+def test_dataloader_benchmark_times_the_store_against_a_file_per_recording(workspace):
+    root, _ = workspace
+    result = run([python(), "benchmarks/dataloader.py", "--store", str(root / "store"), "--tables",
+                  str(root / "tables"), "--raw", str(root / "raw"), "--items", "6", "--repeats", "1"], cwd=REPO)
+    speeds = re.findall(r"^(?:birdclef|seed): .*\s(\d+) items/s$", result.stdout, re.MULTILINE)
+    assert len(speeds) == 2 and all(int(speed) > 0 for speed in speeds), result.stdout
+    assert re.search(r"^ratio: \d+\.\d\dx$", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_precompute_benchmark_times_both_methods_and_compares_their_audio(tmp_path: Path):
+    raw = write_raw_dataset(tmp_path / "raw", files_per_label=1)
+    result = run([python(), "benchmarks/precompute.py", "--raw", str(raw), "--repeats", "1"], cwd=REPO)
+    assert result.stdout.startswith("5 recordings,"), result.stdout  # 3 focal, 2 soundscapes
+    assert re.search(r"^ratio float32 / seed: \d+\.\d\dx", result.stdout, re.MULTILINE), result.stdout
+    worst = re.search(r"max \|float32 store - seed\| = (\S+) ", result.stdout)
+    assert worst and float(worst.group(1)) < 1e-4, result.stdout  # both decoded the same audio
+
+
+def test_training_step_benchmark_times_every_variant(tmp_path: Path):
+    result = run([python(), "benchmarks/training_step.py", "--families", "ebs", "--batch", "2", "--steps", "1",
+                  "--classes", "3"], cwd=REPO)
+    for variant in ("baseline", "channels_last", "+ multi-tensor"):
+        assert re.search(rf"^  {re.escape(variant)}\s+\d+\.\d ms/step\s+\d+\.\d\dx$", result.stdout,
+                         re.MULTILINE), result.stdout
