@@ -137,7 +137,7 @@ def project_copy(target: Path) -> Path:
     return target
 
 
-def pytest_configure(config):
+def pytest_configure():
     """Under xdist, share the cores out between the workers: torch, and the DVC stages that the
     tests start, would each run one thread per core, and oversubscribed threads spin."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))

@@ -58,7 +58,7 @@ def test_precompute_benchmark_times_both_methods_and_compares_their_audio(tmp_pa
     assert worst and float(worst.group(1)) < 1e-4, result.stdout  # both decoded the same audio
 
 
-def test_training_step_benchmark_times_every_variant(tmp_path: Path):
+def test_training_step_benchmark_times_every_variant():
     result = run([python(), "benchmarks/training_step.py", "--families", "ebs", "--batch", "2", "--steps", "1",
                   "--classes", "3"], cwd=REPO)
     for variant in ("baseline", "channels_last", "+ multi-tensor"):
