@@ -229,11 +229,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params
 
 
-# Settings that would otherwise fail deep inside a library (soxr, the DataLoader, a division).
-POSITIVE = ("audio.sample_rate", "audio.window_seconds", "train.epochs", "train.batch_size",
-            "precompute.files_per_shard", "infer.streams")
+# Settings that would otherwise fail deep inside a library (soxr, the DataLoader, a division,
+# an optimizer) or, worse, train without complaint on a value that means nothing.
+POSITIVE = ("audio.sample_rate", "audio.window_seconds", "train.epochs", "train.batch_size", "train.hidden",
+            "train.augment.filtering_bands", "pretrain.lr", "precompute.files_per_shard", "infer.streams")
 NOT_NEGATIVE = {"precompute.workers": "all cores", "infer.top_n": "TopN off", "infer.threads": "all cores",
-                "prepare.rare_max_recordings": "no rare species", "prepare.oversample_to": "off"}
+                "prepare.rare_max_recordings": "no rare species", "prepare.oversample_to": "off",
+                "train.min_lr": "decay to 0", "train.augment.spec_max_masks": "no masks",
+                "train.augment.spec_freq_width": "no frequency masks", "train.augment.spec_time_width": "no time masks"}
+PROBABILITIES = ("train.augment.mixup_p", "train.augment.background_p", "train.augment.spec_p",
+                 "pseudo.min_primary_prob", "pseudo.trim_prob", "pseudo.swap_p")
 # numpy's and sklearn's seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
 
@@ -252,6 +257,9 @@ def _check(params: Params, path: Path) -> None:
             if getattr(family, key) not in allowed:
                 raise ParamsError(f"{path}: 'family.{name}.{key}' is {getattr(family, key)!r}; "
                                   f"use one of {', '.join(allowed)}.")
+        if not family.lr > 0 or not family.weight_decay >= 0:
+            raise ParamsError(f"{path}: 'family.{name}' has lr {family.lr!r} and weight_decay "
+                              f"{family.weight_decay!r}; lr must be more than 0, weight_decay 0 or more.")
     for key, item in (("families", "family"), ("folds", "fold"), ("rounds", "round")):
         if not _get(params, key):
             raise ParamsError(f"{path}: '{key}' needs at least one {item}.")
@@ -260,6 +268,11 @@ def _check(params: Params, path: Path) -> None:
         raise ParamsError(f"{path}: 'export.round' is {params.export.round!r}; use one of "
                           f"{', '.join(round_names)} (normally the last).")
     _check_teachers(params, path)
+    if params.prepare.n_folds < 2:
+        raise ParamsError(f"{path}: 'prepare.n_folds' is {params.prepare.n_folds!r}; it must be 2 or more "
+                          "(a fold validates on what the others train on; the seed's: 5).")
+    if len(set(params.folds)) != len(params.folds):
+        raise ParamsError(f"{path}: 'folds' {params.folds} lists a fold twice; list each once.")
     if any(fold not in range(params.prepare.n_folds) for fold in params.folds):
         raise ParamsError(f"{path}: 'folds' {params.folds} must lie in 0..{params.prepare.n_folds - 1} "
                           "(prepare.n_folds).")
@@ -269,9 +282,13 @@ def _check(params: Params, path: Path) -> None:
     for key, zero in NOT_NEGATIVE.items():
         if _get(params, key) < 0:
             raise ParamsError(f"{path}: '{key}' is {_get(params, key)!r}; it must be 0 or more (0: {zero}).")
-    if not 0 <= params.prepare.split_seed <= MAX_SEED:
-        raise ParamsError(f"{path}: 'prepare.split_seed' is {params.prepare.split_seed!r}; it must lie in "
-                          f"0..{MAX_SEED}.")
+    for key in PROBABILITIES:
+        if not 0 <= _get(params, key) <= 1:
+            raise ParamsError(f"{path}: '{key}' is {_get(params, key)!r}; a probability must lie in 0..1.")
+    for key in ("seed", "prepare.split_seed"):
+        if not 0 <= _get(params, key) <= MAX_SEED:
+            raise ParamsError(f"{path}: '{key}' is {_get(params, key)!r}; it must lie in 0..{MAX_SEED}.")
+    _check_augment(params.train, path)
     if params.infer.precision not in (None, "f32", "bf16"):
         raise ParamsError(f"{path}: 'infer.precision' is {params.infer.precision!r}; use f32, bf16 or null "
                           "(the CPU's default: bf16 where it has it).")
@@ -297,6 +314,21 @@ def _check(params: Params, path: Path) -> None:
     if sum(weights[name] for name in params.families) == 0:
         raise ParamsError(f"{path}: 'infer.family_weights' gives every family in 'families' weight 0, so there is "
                           "nothing to average; give at least one more than 0 (equal weights: the seed's mean).")
+
+
+def _check_augment(train: TrainParams, path: Path) -> None:
+    if not 0 <= train.label_smoothing < 1:
+        raise ParamsError(f"{path}: 'train.label_smoothing' is {train.label_smoothing!r}; it must lie in [0, 1) "
+                          "(0: off; the seed's: 0.05).")
+    weight = train.augment.background_weight
+    if len(weight) != 2 or not 0 <= weight[0] <= weight[1] <= 1:
+        raise ParamsError(f"{path}: 'train.augment.background_weight' is {list(weight)}; give the range the "
+                          "background's weight is drawn from, [low, high] with 0 <= low <= high <= 1 "
+                          "(the seed's: [0.25, 0.75]).")
+    if train.augment.filtering_min_db > 0:
+        raise ParamsError(f"{path}: 'train.augment.filtering_min_db' is {train.augment.filtering_min_db!r}; "
+                          "the EQ's band gains are drawn in [min_db, 0] dB, so it must be 0 or less "
+                          "(the seed's: -20).")
 
 
 def _check_teachers(params: Params, path: Path) -> None:
