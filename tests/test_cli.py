@@ -105,6 +105,7 @@ def test_committed_params_are_the_default_composition(tmp_path):
      f"fold 7 does not exist; prepare.n_folds is {yaml.safe_load((REPO / 'params.yaml').read_text())['prepare']['n_folds']}"),
     (["pseudo"], "models/round0/eca/fold0: no trained model"),
     (["pseudo", "--round", "round7"], "unknown round 'round7'; params.yaml has round0, round1"),
+    (["export", "--family", "foo", "--params", "recipe.yaml"], "unknown family 'foo'; recipe.yaml has eca, ebs"),
     (["train", "--family", "eca", "--fold", "0", "--round", "round7"], "unknown round 'round7'"),
     (["evaluate", "--tables", ".", "--raw", ".", "--submission", "train.csv"],
      "data/store/index.csv: no store index; run `dvc repro precompute`"),
@@ -146,7 +147,8 @@ def test_committed_params_are_the_default_composition(tmp_path):
     (["export", "--family", "eca", "--out", "train.csv"], "--out train.csv is a file; name a folder"),
 ])
 def test_stage_commands_name_what_is_missing(tmp_path, args, message):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    for name in ("params.yaml", "recipe.yaml"):
+        (tmp_path / name).write_text((REPO / "params.yaml").read_text())
     # the prepare stage's (empty) tables, so that evaluate stops at the next missing input
     (tmp_path / "train.csv").write_text("key,primary_label,secondary_labels\n")
     (tmp_path / "classes.json").write_text("[]")

@@ -185,7 +185,7 @@ def pretrain(
     """The backbone weights a family starts from (pretrain.source: corpus pretraining, the
     authors' published backbones, or none), saved as a backbone-only state dict."""
     params = _load(params_path)
-    _check_family(params, family)
+    _check_family(params, family, params_path)
     _check_folder(raw, "--raw", "the download stage's output")
     out = out or Path("models/pretrained") / f"{family}.pt"
     logs = logs or Path("metrics/pretrain") / family
@@ -222,8 +222,8 @@ def train(
     """Train one fold of one family in one self-training round (best epoch by validation
     ROC-AUC)."""
     params = _load(params_path)
-    _check_family(params, family)
-    pseudo = _round_pseudo(params, round)
+    _check_family(params, family, params_path)
+    pseudo = _round_pseudo(params, round, params_path)
     if fold not in range(params.prepare.n_folds):
         raise _fail(ValueError(f"fold {fold} does not exist; prepare.n_folds is {params.prepare.n_folds} "
                                f"(folds 0..{params.prepare.n_folds - 1})"))
@@ -254,11 +254,11 @@ def train(
                    f"(epoch {meta['best_epoch']}), {meta['pseudo_chunks']} pseudo chunks")
 
 
-def _round_pseudo(params, round: str) -> Path:
+def _round_pseudo(params, round: str, params_path: Path) -> Path:
     """The pseudo-label folder ``round`` trains with (its ``rounds`` entry)."""
     pseudo_of = {item.name: item.pseudo for item in params.rounds}
     if round not in pseudo_of:
-        raise _fail(ValueError(f"unknown round {round!r}; params.yaml has {', '.join(pseudo_of)}"))
+        raise _fail(ValueError(f"unknown round {round!r}; {params_path} has {', '.join(pseudo_of)}"))
     return Path(pseudo_of[round])
 
 
@@ -295,9 +295,9 @@ def _check_outputs(files: dict[str, Path] | None = None, folders: dict[str, Path
                 raise _fail(OutputError(f"{option} {error}")) from None
 
 
-def _check_family(params, family: str) -> None:
+def _check_family(params, family: str, params_path: Path) -> None:
     if family not in params.family:
-        raise _fail(ValueError(f"unknown family {family!r}; params.yaml has {', '.join(params.family)}"))
+        raise _fail(ValueError(f"unknown family {family!r}; {params_path} has {', '.join(params.family)}"))
 
 
 @command
@@ -315,7 +315,7 @@ def pseudo(
     from birdclef.params import PSEUDO_ROOT
 
     params = _load(params_path)
-    trained_with = _round_pseudo(params, round)
+    trained_with = _round_pseudo(params, round, params_path)
     if inherit is None:
         _check_teacher_labels(round, trained_with)
     else:
@@ -345,7 +345,7 @@ def export(
     """Export a family's folds as ONE graph (mel once, folds averaged, dynamic batch) to ONNX
     and an fp16 OpenVINO IR, with a parity check against PyTorch."""
     params = _load(params_path)
-    _check_family(params, family)
+    _check_family(params, family, params_path)
     models = models or Path("models") / params.export.round
     out = out or Path("models/export") / family
     _check_outputs(folders={"--out": out})
