@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -131,7 +132,7 @@ def test_cross_validation_names_a_fold_without_its_oof_scores(tmp_path):
     fold.mkdir(parents=True)
     (fold / "meta.json").write_text('{"val_auc": 0.9}')
     with pytest.raises(FileNotFoundError, match=r"fold0: no trained model \(meta.json \+ oof.csv\)"):
-        cross_validation(tmp_path, "eca", [0], None, CLASSES)
+        cross_validation(tmp_path, "eca", [0], None, CLASSES, {0: []})
 
 
 def test_round_predictions_rescale_each_soundscape_on_its_own(params, round_models, tmp_path):
@@ -169,31 +170,61 @@ def test_soundscape_auc_matches_sklearn_whatever_the_row_order():
     assert score == round(float(np.mean(list(expected.values()))), 5)
 
 
-def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
-    from sklearn.metrics import roc_auc_score
-
-    from birdclef.evaluate import cross_validation
-
+def two_trained_folds(models: Path):
+    """A family's two folds (even and odd rows of a 30-recording table), their OOF scores in
+    another order than the table's; returns the table, the scores and each fold's keys."""
     rng = np.random.default_rng(5)
     table = pd.DataFrame({"key": [f"train_audio/r{i}.ogg" for i in range(30)],
                           "primary_label": [CLASSES[i % 3] for i in range(30)],
                           "secondary_labels": [[]] * 29 + [[CLASSES[2]]]})
     scores = rng.uniform(size=(30, len(CLASSES)))
+    validation = {}
     for fold, (rows, auc) in enumerate(((range(0, 30, 2), 0.75), (range(1, 30, 2), 0.85))):
-        folder = tmp_path / "eca" / f"fold{fold}"
+        folder = models / "eca" / f"fold{fold}"
         folder.mkdir(parents=True)
         (folder / "meta.json").write_text(f'{{"val_auc": {auc}}}')
-        rows = list(rows)[::-1]  # OOF rows in another order than the table's
+        validation[fold] = table["key"].iloc[list(rows)].tolist()
+        rows = list(rows)[::-1]
         oof = pd.DataFrame(scores[rows], columns=CLASSES)
         oof.insert(0, "key", table["key"].iloc[rows].tolist())
         oof.to_csv(folder / "oof.csv", index=False)
-    result = cross_validation(tmp_path, "eca", [0, 1], table, CLASSES)
+    return table, scores, validation
+
+
+def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from birdclef.evaluate import cross_validation
+
+    table, scores, validation = two_trained_folds(tmp_path)
+    result = cross_validation(tmp_path, "eca", [0, 1], table, CLASSES, validation)
     targets = np.zeros_like(scores)
     for i in range(30):
         targets[i, i % 3] = 1
     targets[29, 2] = 1
     expected = np.mean([roc_auc_score(targets[:, c], scores[:, c]) for c in range(3)])  # the other classes: no positives
     assert result == {"cv_auc": 0.8, "oof_auc": round(expected, 5), "fold_auc": [0.75, 0.85]}
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("meta.json", lambda text: text[:5], r"fold1/meta.json: damaged \(JSONDecodeError"),
+    ("meta.json", lambda text: "{}", r"fold1/meta.json: damaged \(KeyError: 'val_auc'\)"),
+    ("meta.json", lambda text: '{"val_auc": "0.9"}', r"fold1/meta.json: val_auc '0.9' is not a ROC-AUC"),
+    ("oof.csv", lambda text: "\n".join(text.splitlines()[:5]),
+     r"fold1/oof.csv: scores 4 recordings, not the fold's 15 validation recordings"),
+    ("oof.csv", lambda text: text.replace(text.splitlines()[1].split(",")[1], "inf", 1), r"fold1/oof.csv: holds a score that is not a finite number"),
+])
+def test_cross_validation_names_a_damaged_fold(tmp_path, name, damage, message):
+    """A damaged or truncated meta.json or oof.csv is named with the fix, not a traceback or a
+    quietly different OOF ROC-AUC."""
+    from birdclef.evaluate import cross_validation
+    from birdclef.tables import TableError
+
+    table, _, validation = two_trained_folds(tmp_path)
+    path = tmp_path / "eca" / "fold1" / name
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(TableError, match=message + r".*train the fold again \(`dvc repro train`\) or `dvc pull` it"):
+        cross_validation(tmp_path, "eca", [0, 1], table, CLASSES, validation)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -228,7 +259,9 @@ def evaluate_inputs(root, params):
     pd.DataFrame({"key": keys, "primary_label": [CLASSES[i % len(CLASSES)] for i in range(12)],
                   "secondary_labels": "[]"}).to_csv(tables / "train.csv", index=False)
     (tables / "classes.json").write_text(json.dumps(CLASSES))
-    pd.DataFrame(columns=["variant", "fold", "subset", "row"]).to_csv(tables / "folds.csv", index=False)
+    pd.DataFrame([{"variant": variant, "fold": 0, "subset": "valid", "row": row}  # fold 0 validates on all
+                  for variant in ("allbirds", "rare_noleak") for row in range(len(keys))]
+                 ).to_csv(tables / "folds.csv", index=False)
     for round_params in params.rounds:
         for family in params.families:
             fold = root / "models" / round_params.name / family / "fold0"

@@ -25,8 +25,10 @@ from birdclef.outputs import check_output_path, json_to_file, write_together
 from birdclef.tables import TableError, read_csv, row_lines
 
 
-def cross_validation(models: Path, family: str, folds: list[int], table, classes: list[str]) -> dict:
-    """Mean fold ROC-AUC and OOF ROC-AUC of one family in one round."""
+def cross_validation(models: Path, family: str, folds: list[int], table, classes: list[str],
+                     validation_keys: dict[int, list[str]]) -> dict:
+    """Mean fold ROC-AUC and OOF ROC-AUC of one family in one round (``validation_keys``: each
+    fold's validation recordings, which its ``oof.csv`` must score)."""
     import pandas as pd
 
     folders = [models / family / f"fold{fold}" for fold in folds]
@@ -35,8 +37,9 @@ def cross_validation(models: Path, family: str, folds: list[int], table, classes
     if untrained:
         raise FileNotFoundError(f"{untrained[0]}: no trained model (meta.json + oof.csv); run `dvc repro train` "
                                 "first, or evaluate only the trained folds (`folds`).")
-    fold_aucs = [json.loads((folder / "meta.json").read_text())["val_auc"] for folder in folders]
-    oof = pd.concat([pd.read_csv(folder / "oof.csv") for folder in folders], ignore_index=True)
+    fold_aucs, oofs = zip(*(_trained_fold(folder, classes, validation_keys[fold])
+                            for folder, fold in zip(folders, folds)))
+    oof = pd.concat(oofs, ignore_index=True)
     rows = table.set_index("key").loc[oof["key"]]
     class_index = {label: index for index, label in enumerate(classes)}
     targets = np.stack([multi_hot(primary, secondary, class_index)
@@ -44,6 +47,30 @@ def cross_validation(models: Path, family: str, folds: list[int], table, classes
     return {"cv_auc": round(float(np.mean(fold_aucs)), 5),
             "oof_auc": round(macro_roc_auc(targets, oof[classes].to_numpy()), 5),
             "fold_auc": [round(float(value), 5) for value in fold_aucs]}
+
+
+def _trained_fold(folder: Path, classes: list[str], validation_keys: list[str]):
+    """A fold's validation ROC-AUC (``meta.json``) and OOF scores, checked: a damaged file would
+    crash, and a truncated ``oof.csv`` would quietly change the OOF ROC-AUC."""
+    import pandas as pd
+
+    fix = "train the fold again (`dvc repro train`) or `dvc pull` it"
+    path = folder / "meta.json"
+    try:
+        val_auc = json.loads(path.read_text())["val_auc"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise TableError(f"{path}: damaged ({type(error).__name__}: {error}); {fix}.") from None
+    if isinstance(val_auc, bool) or not isinstance(val_auc, (int, float)) or not 0 <= val_auc <= 1:
+        raise TableError(f"{path}: val_auc {val_auc!r} is not a ROC-AUC; {fix}.")
+    path = folder / "oof.csv"
+    oof = read_csv(path, ("key", *classes), fix)
+    if sorted(oof["key"]) != sorted(validation_keys):
+        raise TableError(f"{path}: scores {len(oof)} recordings, not the fold's {len(validation_keys)} validation "
+                         f"recordings (data/tables); {fix}, or rebuild the tables it was trained on.")
+    oof[classes] = oof[classes].apply(pd.to_numeric, errors="coerce")
+    if not np.isfinite(oof[classes].to_numpy()).all():
+        raise TableError(f"{path}: holds a score that is not a finite number; {fix}.")
+    return float(val_auc), oof
 
 
 def soundscape_auc(labels, predictions, source: str) -> tuple[float, dict[str, float]]:
@@ -144,10 +171,10 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
     import pandas as pd
 
     from birdclef.store import AudioStore
-    from birdclef.train import read_tables
+    from birdclef.train import read_tables, validation_rows
 
     plot = check_output_path(plots / "per_class_auc.csv")  # before the long part, not after it
-    table, classes, _ = read_tables(tables)
+    table, classes, folds = read_tables(tables)
     metrics: dict = {}
     labels_path = raw / layout.TEST_LABELS_CSV
     labels = read_labels(labels_path) if labels_path.is_file() else None
@@ -155,9 +182,11 @@ def evaluate(params, models: Path, tables: Path, store: Path, raw: Path, submiss
     if labels is not None and Path(submission).is_file():
         submitted = soundscape_auc(labels, read_submission(submission, labels), str(submission))
     test_keys = AudioStore(store).keys(layout.TEST_SOUNDSCAPES)
+    validation = {family: {fold: table["key"].iloc[validation_rows(folds, params.family[family].split, fold)].tolist()
+                           for fold in params.folds} for family in params.families}
     for round_params in params.rounds:
         round_models = models / round_params.name
-        result = {family: cross_validation(round_models, family, params.folds, table, classes)
+        result = {family: cross_validation(round_models, family, params.folds, table, classes, validation[family])
                   for family in params.families}
         if labels is not None and test_keys:
             source = f"{round_models}'s predictions of the test soundscapes in {store}"

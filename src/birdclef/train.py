@@ -156,6 +156,11 @@ def fold_rows(folds, variant: str, fold: int, subset: str) -> list[int]:
     return chosen["row"].tolist()
 
 
+def validation_rows(folds, variant: str, fold: int) -> list[int]:
+    """The training table's rows a fold validates on, each once, in order."""
+    return sorted(set(fold_rows(folds, variant, fold, "valid")))
+
+
 def background_mixer(raw: Path, store_root: Path, train: TrainParams) -> BackgroundMixer | None:
     """No-call soundscapes and noise clips from ``background/`` (seed: ``OneOf`` at p 0.5)."""
     import pandas as pd
@@ -262,7 +267,7 @@ def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> 
     train_rows = fold_rows(folds, family.split, fold, "train")
     if family.oversample:
         train_rows += fold_rows(folds, family.split, fold, "oversample")
-    valid_rows = sorted(set(fold_rows(folds, family.split, fold, "valid")))
+    valid_rows = validation_rows(folds, family.split, fold)
     if not valid_rows:
         raise TrainError(f"fold {fold} of split {family.split!r} has no validation recordings (with "
                          "rare_noleak, species with <= prepare.rare_max_recordings recordings never "
