@@ -251,7 +251,11 @@ class AudioStore:
                 raise StoreError(f"{path}: shard missing; re-run `dvc repro precompute`.")
             # No chunk cache: random 5-s windows seldom hit a cached chunk again, and 8 MiB per
             # open shard per DataLoader worker adds up (+209 MB at 24 shards, benchmarks/scale.py).
-            self._files[name] = h5py.File(path, "r", rdcc_nbytes=0)
+            try:
+                self._files[name] = h5py.File(path, "r", rdcc_nbytes=0)
+            except OSError as error:  # truncated, or not HDF5 at all
+                raise StoreError(f"{path}: damaged shard ({error}); re-run `dvc repro precompute`, which "
+                                 "rebuilds it.") from None
         return self._files[name]
 
     def _audio(self, name: str):
