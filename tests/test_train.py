@@ -49,6 +49,31 @@ def test_short_run_writes_its_outputs_and_is_deterministic(workspace):
     assert not (root / "models/a.tmp").exists()
 
 
+def test_a_failed_run_keeps_the_earlier_model_and_logs(workspace, tmp_path):
+    """A run that fails while it trains (here on a damaged store shard) leaves the run's
+    earlier folders as they were, not its DVCLive logs wiped beside the old model."""
+    from birdclef.store import StoreError
+
+    root, params = workspace
+    run_paths = paths(root, "kept")
+    train_fold(params, "eca", 0, run_paths)
+
+    def files():
+        return {path: path.read_bytes() for folder in (run_paths.out, run_paths.logs)
+                for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    before = files()
+    store = tmp_path / "store"
+    shutil.copytree(root / "store", store)
+    shard = next(store.glob(f"{layout.TRAIN_AUDIO}-*.h5"))
+    shard.write_bytes(shard.read_bytes()[:10_000])
+    with pytest.raises(StoreError, match=rf"{shard.name}: damaged shard \(.*\); re-run `dvc repro precompute`"):
+        train_fold(params, "eca", 0, replace(run_paths, store=store))
+    assert files() == before and (run_paths.logs / "metrics.json").is_file()
+    assert sorted(path.name for path in run_paths.out.parent.iterdir() if path.name.startswith("kept")) == ["kept"]
+    assert sorted(path.name for path in run_paths.logs.parent.iterdir() if path.name.startswith("kept")) == ["kept"]
+
+
 def test_validate_every_validates_every_nth_epoch_and_keeps_the_best_of_those(workspace):
     root, params = workspace
     params = replace(params, train=replace(params.train, epochs=4, validate_every=2))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from birdclef import layout
@@ -28,23 +29,29 @@ from birdclef.data import TrainingWindows, worker_count
 from birdclef.outputs import write_atomically, write_json
 from birdclef.params import FamilyParams, Params
 from birdclef.train import (BirdModule, TrainError, background_mixer, build_model, load_starting_backbone,
-                            make_trainer)
+                            logs_written_atomically, make_trainer)
+
+SOURCE_FILE = "source.json"  # in the logs folder: where the backbone came from
 
 
 def prepare_backbone(params: Params, family_name: str, raw: Path, store: Path, out: Path, logs: Path) -> dict:
     """Write ``out`` for ``params.pretrain.source``; return a summary (also in ``logs/source.json``)."""
     L.seed_everything(params.seed, workers=True)
     source = params.pretrain.source
-    if source == "corpus":
-        state, summary = corpus_backbone(params, family_name, raw, store, logs)
-    elif source == "published":
-        state, summary = published_backbone(params, family_name, raw)
-    else:
-        state = build_model(params.family[family_name], 1, params.train, params.audio.sample_rate).backbone_state_dict()
-        summary = {"initialisation": f"random, seed {params.seed}"}
-    summary = {"family": family_name, "backbone": params.family[family_name].backbone, "source": source, **summary}
-    write_atomically(out, lambda tmp: torch.save(state, tmp))
-    write_json(logs / "source.json", summary)
+    with logs_written_atomically(logs, SOURCE_FILE) as logs:
+        if source == "corpus":
+            state, summary = corpus_backbone(params, family_name, raw, store, logs)
+        elif source == "published":
+            state, summary = published_backbone(params, family_name, raw)
+        else:
+            state = build_model(params.family[family_name], 1, params.train,
+                                params.audio.sample_rate).backbone_state_dict()
+            summary = {"initialisation": f"random, seed {params.seed}"}
+        summary = {"family": family_name, "backbone": params.family[family_name].backbone, "source": source,
+                   **summary}
+        if rank_zero_only.rank == 0:  # DDP: one process writes the outputs
+            write_atomically(out, lambda tmp: torch.save(state, tmp))
+            write_json(logs / SOURCE_FILE, summary)
     return summary
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import inspect
 import json
 import tempfile
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import numpy as np
@@ -36,6 +38,7 @@ from birdclef.store import AudioStore
 from birdclef.tables import TableError
 
 RUN_MARKER = "meta.json"  # every run folder has one: what built the weights
+LOGS_MARKER = "metrics.json"  # every DVCLive folder of a finished run has one
 
 
 class TrainError(ValueError):
@@ -256,11 +259,30 @@ def make_trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, v
     )
 
 
+@contextmanager
+def logs_written_atomically(logs: Path, marker: str) -> Iterator[Path]:
+    """The folder a run logs into: a new one that replaces ``logs`` only when the run ends well,
+    so a failed or interrupted run keeps its earlier logs, as it keeps its earlier model.
+
+    DDP's other processes log nothing (DVCLive writes on rank 0); they get ``logs`` itself and
+    leave it alone."""
+    if rank_zero_only.rank != 0:
+        yield logs
+        return
+    with folder_written_atomically(logs, marker) as folder:
+        yield folder
+
+
 def train_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> dict:
     """Fit one fold of one family; write the best model, its OOF scores and logs."""
+    check_replaceable(paths.out, RUN_MARKER)  # before the long part, not at the save
+    with logs_written_atomically(paths.logs, LOGS_MARKER) as logs:
+        return _fit_fold(params, family_name, fold, replace(paths, logs=logs))
+
+
+def _fit_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> dict:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    check_replaceable(paths.out, RUN_MARKER)  # before the long part, not at the save
     L.seed_everything(params.seed, workers=True)
     family = params.family[family_name]
     table, classes, folds = read_tables(paths.tables)
