@@ -206,6 +206,27 @@ def test_damaged_prepare_tables_are_named_with_the_fix(workspace, tmp_path):
         assert "`dvc repro prepare`" in str(error.value)
 
 
+def whole_lines(text: str, share: float) -> str:
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[:int(len(lines) * share)])
+
+
+@pytest.mark.parametrize("name, cut", [("train.csv", lambda text: whole_lines(text, 0.3)),
+                                       ("folds.csv", lambda text: text[:text.index("\nallbirds,1,") + 1]),
+                                       ("folds.csv", lambda text: text[:len(text) // 2])])
+def test_prepare_tables_cut_short_are_named_with_the_fix(workspace, tmp_path, name, cut):
+    """A table cut short (a copy interrupted): folds.csv then names rows train.csv lacks, or
+    lacks the last fold, or ends in an empty cell."""
+    root, params = workspace
+    tables = tmp_path / "tables"
+    shutil.copytree(root / "tables", tables)
+    (tables / name).write_text(cut((tables / name).read_text()))
+    with pytest.raises(TableError, match=r"folds.csv: (not the prepare stage's table for .*train.csv \(.*\)|no fold 1 "
+                                         r"of split 'allbirds'); rebuild .*`dvc repro prepare`"):
+        train_fold(params, "eca", 1, replace(paths(root, "cut"), tables=tables))
+    assert not (root / "models" / "cut").exists() and not (root / "logs" / "cut").exists()
+
+
 def test_compiled_run_saves_weights_that_the_plain_model_reproduces(workspace):
     """train.compile: the network trains compiled, and its checkpoint is the plain model's."""
     from torch._dynamo.utils import counters

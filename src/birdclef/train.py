@@ -143,6 +143,11 @@ def read_tables(tables: Path):
     table = read("train.csv", read_training_table, ("key", "primary_label", "secondary_labels"))
     classes = read("classes.json", lambda path: json.loads(path.read_text()))
     folds = read("folds.csv", pd.read_csv, ("variant", "fold", "subset", "row"))
+    rows = pd.to_numeric(folds["row"], errors="coerce")
+    if folds.isna().any(axis=None) or not rows.between(0, len(table) - 1).all():  # e.g. either file cut short
+        raise TableError(f"{tables / 'folds.csv'}: not the prepare stage's table for {tables / 'train.csv'} (an "
+                         f"empty cell, or a row outside its {len(table)}); rebuild {tables} with `dvc repro prepare` "
+                         "(or `birdclef prepare`).")
     return table, classes, folds
 
 
@@ -290,6 +295,9 @@ def _fit_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> d
     if family.oversample:
         train_rows += fold_rows(folds, family.split, fold, "oversample")
     valid_rows = validation_rows(folds, family.split, fold)
+    if not train_rows and not valid_rows:
+        raise TableError(f"{paths.tables / 'folds.csv'}: no fold {fold} of split {family.split!r}; rebuild "
+                         f"{paths.tables} with `dvc repro prepare` (prepare.n_folds is {params.prepare.n_folds}).")
     if not valid_rows:
         raise TrainError(f"fold {fold} of split {family.split!r} has no validation recordings (with "
                          "rare_noleak, species with <= prepare.rare_max_recordings recordings never "
