@@ -52,6 +52,16 @@ def test_corrupt_file_names_the_file(tmp_path):
         decode(path)
 
 
+def test_a_file_that_is_no_mp3_is_not_called_missing(tmp_path):
+    """libsndfile words an MPEG stream it cannot parse as "File does not exist or is not a
+    regular file"; the file is there, so the message must not send the user looking for it."""
+    path = tmp_path / "notes.mp3"
+    path.write_text("not audio at all\n" * 20)
+    with pytest.raises(AudioError, match=r"notes.mp3: cannot decode \(libsndfile cannot parse it\); the file is "
+                                         r"corrupt or not audio"):
+        decode(path)
+
+
 def test_empty_files_are_rejected(tmp_path):
     zero_bytes = tmp_path / "zero.wav"
     zero_bytes.write_bytes(b"")

@@ -53,6 +53,8 @@ def decode(path: str | Path, sample_rate: int = 32000) -> Recording:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         reason = getattr(error, "error_string", None) or str(error)
+        if reason.startswith("File does not exist"):  # libsndfile's words for a file it opened but cannot parse
+            reason = "libsndfile cannot parse it"
         raise AudioError(f"{path}: cannot decode ({reason}); the file is corrupt or not audio. "
                          "Re-download or delete it.") from None
     if source_rate <= 0:
