@@ -144,6 +144,8 @@ def test_committed_params_are_the_default_composition(tmp_path):
     (["train", "--family", "eca", "--fold", "0", "--raw", ".", "--tables", ".", "--out", "train.csv"],
      "--out train.csv is a file; name a folder"),
     (["pseudo", "--out", "train.csv"], "--out train.csv is a file; name a folder"),
+    (["train", "--family", "eca", "--fold", "0", "--raw", ".", "--tables", ".", "--logs", "."],
+     "holds files this command did not write (no metrics.json)"),
     (["export", "--family", "eca", "--out", "train.csv"], "--out train.csv is a file; name a folder"),
 ])
 def test_stage_commands_name_what_is_missing(tmp_path, args, message):
