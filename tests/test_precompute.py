@@ -219,7 +219,7 @@ def test_only_the_stores_own_files_are_removed_from_it(raw_dataset, tmp_path, pa
     (lambda t: t.assign(filename=["amerob/gone.ogg"] + t["filename"].tolist()[1:]),
      r"train.csv:2: .*gone.ogg does not exist"),
     (lambda t: t.assign(secondary_labels=["['oops"] + t["secondary_labels"].tolist()[1:]),
-     r"train.csv:2: .*oops"),
+     r"train.csv:2: .*oops.*; write them as a list of species codes, e\.g\. \['barswa', 'comsan'\], or \[\] for none"),
     (lambda t: t.assign(filename=[f"/tmp/{t['filename'][0]}"] + t["filename"].tolist()[1:]),
      r"train.csv:2: /tmp/.*'filename' must be a path inside .*train_audio, relative to it"),
     (lambda t: t.assign(filename=[f"../train_audio/{t['filename'][0]}"] + t["filename"].tolist()[1:]),
@@ -236,6 +236,15 @@ def test_bad_tables_are_refused_before_decoding(raw_dataset, tmp_path, params, e
     with pytest.raises(TableError, match=message):
         run_precompute(raw_dataset, tmp_path / "store", params)
     assert not (tmp_path / "store").exists()
+
+
+def test_a_listed_broken_link_is_called_one(raw_dataset, tmp_path, params):
+    table = pd.read_csv(raw_dataset / "train.csv", dtype=str, keep_default_na=False)
+    (raw_dataset / "train_audio" / "amerob" / "linked.ogg").symlink_to(tmp_path / "gone.ogg")
+    table.assign(filename=["amerob/linked.ogg"] + table["filename"].tolist()[1:]).to_csv(raw_dataset / "train.csv",
+                                                                                         index=False)
+    with pytest.raises(TableError, match=r"train.csv:2: .*linked.ogg is a broken link; fix 'filename'"):
+        run_precompute(raw_dataset, tmp_path / "store", params)
 
 
 def test_missing_train_table_is_named_with_the_fix(raw_dataset, tmp_path, params):
@@ -324,16 +333,17 @@ def test_listed_file_in_a_format_precompute_skips_is_refused(raw_dataset, tmp_pa
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("table_content", [None, "header"])
-def test_external_audio_not_listed_in_its_table_is_refused(raw_dataset, tmp_path, params, table_content):
+@pytest.mark.parametrize("table_content, message", [
+    (None, r"train.csv: not found, but .*audio holds 1 recording\(s\): amerob/mine.flac; write it with a row for each"),
+    ("header", r"train.csv: does not list 1 recording\(s\) under .*audio: amerob/mine.flac; add a row for each")])
+def test_external_audio_not_listed_in_its_table_is_refused(raw_dataset, tmp_path, params, table_content, message):
     """Without a row, prepare could never use the recording: say so instead of storing it."""
     table = write_external(raw_dataset, tmp_path / "external")
     if table_content is None:
         table.unlink()
     else:
         table.write_text(table.read_text().splitlines()[0] + "\n")
-    with pytest.raises(TableError, match=r"train.csv: does not list 1 recording\(s\) under .*audio: "
-                                         r"amerob/mine.flac; add a row for each"):
+    with pytest.raises(TableError, match=message):
         run_precompute(raw_dataset, tmp_path / "store", params, tmp_path / "external")
     assert not (tmp_path / "store").exists()
 

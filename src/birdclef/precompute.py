@@ -125,8 +125,9 @@ def check_listed(table: Path, audio_root: Path, listed: set[str]) -> None:
     if unlisted:
         named = ", ".join(unlisted[:MAX_NAMED])
         more = f" and {len(unlisted) - MAX_NAMED} more" if len(unlisted) > MAX_NAMED else ""
-        raise TableError(f"{table}: does not list {len(unlisted)} recording(s) under {audio_root}: "
-                         f"{named}{more}; add a row for each (filename = <label>/<file>, see "
+        problem, fix = ((f"does not list {len(unlisted)} recording(s) under {audio_root}", "add a row") if table.is_file()
+                        else (f"not found, but {audio_root} holds {len(unlisted)} recording(s)", "write it with a row"))
+        raise TableError(f"{table}: {problem}: {named}{more}; {fix} for each (filename = <label>/<file>, see "
                          f"{table.parent / 'README.md'}) or move them out of {audio_root}.")
 
 

@@ -112,12 +112,14 @@ def read_train_table(path: Path, audio_root: Path, vocabulary: list[str] | None)
                              f"{', '.join(layout.AUDIO_SUFFIXES)} files; convert it (e.g. `ffmpeg "
                              "-i in.aiff out.flac`) and fix 'filename', or remove the row.")
         if not (audio_root / filename).is_file():
-            raise TableError(f"{path}:{line}: {audio_root / filename} does not exist; fix "
+            missing = "is a broken link" if (audio_root / filename).is_symlink() else "does not exist"
+            raise TableError(f"{path}:{line}: {audio_root / filename} {missing}; fix "
                              "'filename' (relative to the audio folder) or remove the row.")
         try:
             labels = parse_label_list(row.secondary_labels)
         except ValueError as error:
-            raise TableError(f"{path}:{line}: {error}") from None
+            raise TableError(f"{path}:{line}: {error}; write them as a list of species codes, e.g. "
+                             "['barswa', 'comsan'], or [] for none.") from None
         secondary.append([label for label in labels if known is None or label in known])
     frame["filename"] = filenames
     frame["secondary_labels"] = secondary
