@@ -22,7 +22,11 @@ def test_dvc_pipeline_from_a_fresh_clone(tmp_path):
     assert (project / "data/external/README.md").is_file()
 
     overrides = [flag for item in TINY for flag in ("-S", item)]
-    dvc(["exp", "run", "-n", "tiny-focal", *overrides], project)
+    output = dvc(["exp", "run", "-n", "tiny-focal", *overrides], project)
+    printed = output.stdout + output.stderr
+    assert "validation ROC-AUC" in printed  # the stages' own lines, among Lightning's own
+    for noise in ("litlogger", "LeafSpec", "limit_val_batches", "Skipping val loop"):
+        assert noise not in printed, noise
 
     submission = pd.read_csv(project / "submission.csv")
     template = pd.read_csv(project / "data/raw/sample_submission.csv")

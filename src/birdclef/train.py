@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -249,7 +251,21 @@ class StageLogger(DVCLiveLogger):
         return False
 
 
+def _quiet_lightning() -> None:
+    """Silence what Lightning prints on every run that says nothing about the run: an advert for
+    its cloud logger, torch 2.11's deprecation of a pytree API that Lightning 2.6 itself calls, and
+    (for pretraining, which never validates) that the module's validation step goes unused."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
 def make_trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, validate: bool) -> L.Trainer:
+    _quiet_lightning()
     train = params.train
     # "auto", a count ("2") or Lightning's device list ("0,1").
     devices = int(train.devices) if str(train.devices).isdigit() else train.devices
@@ -257,7 +273,7 @@ def make_trainer(params: Params, max_epochs: int, logs: Path, callbacks: list, v
     return L.Trainer(
         max_epochs=max_epochs, accelerator=train.accelerator, devices=devices, strategy=train.strategy,
         precision=train.precision, logger=logger, callbacks=callbacks, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validate else 0, check_val_every_n_epoch=train.validate_every if validate else 1,
+        limit_val_batches=None if validate else 0, check_val_every_n_epoch=train.validate_every if validate else 1,
         enable_checkpointing=validate,
         enable_model_summary=False, log_every_n_steps=1,
         deterministic="warn",
