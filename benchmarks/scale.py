@@ -32,8 +32,8 @@ What is measured, per run:
 - reading the big store, one fresh process per mode: ``AudioStore`` open time and memory,
   then random 5-s reads: ``AudioStore.read_samples`` of random keys (as the training
   dataset reads; at a small duration scale most recordings are shorter than 5 s) and
-  full-length 5-s windows at random shard offsets, with HDF5's default chunk cache (what
-  AudioStore gets) and with it off; items/s, RSS growth, peak RSS.
+  full-length 5-s windows at random shard offsets, with HDF5's default chunk cache and with it
+  off (what AudioStore does); items/s, RSS growth, peak RSS.
 
 Disk for the real data. The store holds mono 32 kHz samples: 64,000 B per audio second at
 float16 (``precompute.dtype``, the default), 128,000 B at float32, i.e.
@@ -268,6 +268,9 @@ def expected_shards(items: list[Item], files_per_shard: int) -> int:
 
 
 READ_MODES = ("keys", "windows", "windows-nocache")
+RUNS = ("quarter", "all", "tail")
+# What a run writes into --work, and all that it removes there without --keep.
+WRITTEN = (*(f"raw-{run}" for run in RUNS), *(f"store-{run}" for run in RUNS), "external-empty", "params.yaml")
 
 
 def measure_reads(store_root: Path, reads: int, mode: str, seed: int = 0) -> dict:
@@ -357,8 +360,8 @@ def main(
     root = Path(tempfile.mkdtemp(prefix="bench-scale-")) if work is None else Path(work)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        for folder in ("raw-all", "raw-quarter", "raw-tail"):
-            shutil.rmtree(root / folder, ignore_errors=True)
+        for run in RUNS:
+            shutil.rmtree(root / f"raw-{run}", ignore_errors=True)
         start = time.perf_counter()
         write_dataset(root / "raw-all", items, duration_scale)
         write_dataset(root / "raw-quarter", quarter, duration_scale, link_from=root / "raw-all")
@@ -366,20 +369,27 @@ def main(
         generated_s = time.perf_counter() - start
         params = write_params(root / "params.yaml", files_per_shard, workers, dtype)
         runs = {}
-        for name, raw, chosen, scale in (("quarter", "raw-quarter", quarter, duration_scale),
-                                         ("all", "raw-all", items, duration_scale),
-                                         ("tail", "raw-tail", tail, 1.0)):
+        for name, chosen, scale in (("quarter", quarter, duration_scale), ("all", items, duration_scale),
+                                    ("tail", tail, 1.0)):
             out = root / f"store-{name}"
             shutil.rmtree(out, ignore_errors=True)
-            runs[name] = measure_precompute(root / raw, out, params, chosen, scale)
+            runs[name] = measure_precompute(root / f"raw-{name}", out, params, chosen, scale)
         read_stats = {}
         for mode in READ_MODES:
             read = run_measured([sys.executable, __file__, "--measure-reads-of", str(root / "store-all"),
                                  "--read-mode", mode, "--reads", str(reads), "--seed", str(seed)], cwd=root)
             read_stats[mode] = {**json.loads(read.output.strip().splitlines()[-1]), "peak_rss_mb": read.max_rss_mb}
     finally:
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
+        if keep:
+            pass
+        elif work is None:
+            shutil.rmtree(root)
+        else:  # only what this run wrote: --work may hold the user's own files
+            for path in (root / name for name in WRITTEN if (root / name).exists()):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
     _report(counts, items, runs, read_stats, duration_scale, files_per_shard, workers_used, dtype,
             generated_s, longest)
 

@@ -7,12 +7,13 @@ cannot rot unnoticed.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 
-from conftest import load_benchmark
+from conftest import REPO, load_benchmark, python, run
 
 scale = load_benchmark("scale")
 
@@ -68,3 +69,14 @@ def test_read_measurements_run(tmp_path):
         stats = scale.measure_reads(tmp_path / "store", 50, mode)
         assert stats["recordings"] == len(items) and stats["shards"] == 3 + 1 + 1
         assert 0 < stats["mean_read_s"] <= 5.0
+
+
+def test_the_benchmark_measures_and_removes_only_what_it_wrote(tmp_path):
+    """The command line as a user runs it, into a --work folder that also holds a file of theirs."""
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run([python(), "benchmarks/scale.py", "--files-scale", "0.005", "--duration-scale", "0.005",
+                  "--reads", "50", "--files-per-shard", "100", "--work", str(tmp_path)], cwd=REPO)
+    assert re.search(r"^files\s+59\s+229\s+3\.88$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^peak RSS, largest process \(MB\)\s+\d+\s+\d+\s+\d+\.\d\d$", result.stdout, re.MULTILINE)
+    assert re.search(r"chunk cache off \(as AudioStore\)\s+[\d,]+\s", result.stdout), result.stdout
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
