@@ -30,15 +30,18 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def composed_params(overrides: list[str]) -> Path:
-    """params.yaml as ``dvc exp run -S`` would compose it from conf/ with ``overrides``."""
+def composed_params(overrides: list[str]):
+    """The params ``dvc exp run -S`` would compose from conf/ with ``overrides``."""
     import tempfile
 
     from dvc.utils.hydra import compose_and_dump
 
-    path = Path(tempfile.mkdtemp()) / "params.yaml"
-    compose_and_dump(str(path), str(REPO / "conf"), None, "config", str(REPO), overrides)
-    return path
+    from birdclef.params import load_params
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        compose_and_dump(str(path), str(REPO / "conf"), None, "config", str(REPO), overrides)
+        return load_params(path)
 
 
 def main(
@@ -53,10 +56,9 @@ def main(
 
     from birdclef.augment import RandomFiltering
     from birdclef.losses import build_loss
-    from birdclef.params import load_params
     from birdclef.train import build_model, build_optimizer
 
-    params = load_params(composed_params(["experiment=birdclef2025"] if experiment else []))
+    params = composed_params(["experiment=birdclef2025"] if experiment else [])
     samples = params.audio.window_samples
     wave = torch.randn(batch, samples, device=device)
     target = torch.rand(batch, classes, device=device)
