@@ -45,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 SEED_BACKBONES = ["eca_nfnet_l0", "tf_efficientnetv2_s.in21k"]
 QUICK_BACKBONES = ["mobilenetv3_small_050", "lcnet_050"]
+FULL = {"folds": 5, "repeats": 5, "warmup": 1, "settle": 0.2}
+QUICK = {"folds": 2, "repeats": 2, "warmup": 0, "settle": 0.05}
 WINDOWS, SAMPLES, RATE = 12, 160_000, 32_000
 
 
@@ -231,12 +233,17 @@ def ensemble_group(folders: list[Path], soundscape: np.ndarray, average: np.ndar
 
 def main(
     backbones: list[str] = typer.Option(None, help="timm backbones, one family each (default: the seed's two)."),
-    folds: int = typer.Option(5, help="Folds per family."),
-    repeats: int = typer.Option(5, help="Timed rounds; medians are reported."),
-    warmup: int = typer.Option(1, help="Untimed calls per runner first (besides one call for the error)."),
+    folds: int = typer.Option(None, help=f"Folds per family (default: {FULL['folds']}; {QUICK['folds']} with "
+                                         "--quick)."),
+    repeats: int = typer.Option(None, help="Timed rounds; medians are reported "
+                                           f"(default: {FULL['repeats']}; {QUICK['repeats']} with --quick)."),
+    warmup: int = typer.Option(None, help="Untimed calls per runner first, besides one call for the error "
+                                          f"(default: {FULL['warmup']}; {QUICK['warmup']} with --quick)."),
     threads: int = typer.Option(2, help="Threads of every runtime."),
-    settle: float = typer.Option(0.2, help="Seconds of sleep before each timed call (lets threads go idle)."),
-    quick: bool = typer.Option(False, help="Small backbones, 2 folds, 2 rounds: a < 1 min smoke test."),
+    settle: float = typer.Option(None, help="Seconds of sleep before each timed call, to let threads go idle "
+                                            f"(default: {FULL['settle']}; {QUICK['settle']} with --quick)."),
+    quick: bool = typer.Option(False, help="A < 1 min smoke test: small backbones and the quick defaults above, "
+                                           "all in this one process; options given explicitly still win."),
     classes: int = typer.Option(206, help="Output classes."),
     work: Path = typer.Option(None, help="Keep models and exports here and reuse them on the next run "
                                          "(default: a temporary folder, deleted)."),
@@ -244,9 +251,13 @@ def main(
     wall = time.perf_counter()
     from birdclef.export import parity_windows
 
-    if quick:
-        backbones, folds, repeats, warmup, settle = backbones or QUICK_BACKBONES, 2, 2, 0, 0.05
-    backbones = backbones or SEED_BACKBONES
+    # --quick changes defaults only: an option the user gave wins
+    default = QUICK if quick else FULL
+    backbones = backbones or (QUICK_BACKBONES if quick else SEED_BACKBONES)
+    folds = default["folds"] if folds is None else folds
+    repeats = default["repeats"] if repeats is None else repeats
+    warmup = default["warmup"] if warmup is None else warmup
+    settle = default["settle"] if settle is None else settle
     soundscape = parity_windows(WINDOWS, SAMPLES, RATE, seed=99)  # 12 windows, like one 60-s file
     soundscape[np.random.default_rng(7).choice(WINDOWS, 3, replace=False)] *= 0.05  # some quiet ones
     load_before = os.getloadavg()[0]
@@ -269,7 +280,7 @@ def main(
         # Each group runs in a child process of its own, so that its memory (PyTorch, ONNX
         # Runtime and OpenVINO copies of 5 folds) is returned before the next group starts.
         settings = {"threads": threads, "repeats": repeats, "warmup": warmup, "settle": settle,
-                    "backbones": backbones, "folds": folds, "classes": classes}
+                    "backbones": backbones, "folds": folds, "classes": classes, "isolate": isolate}
         for backbone, family, folder in zip(backbones, families, folders):
             results[backbone], references[backbone], precision, memory[backbone] = cached(
                 work / "results" / f"{family}.json", settings, lambda: in_child(
@@ -294,16 +305,17 @@ def main(
     columns = [("onnxruntime", "ORT"), ("openvino_default", f"OV {precision} (default)"),
                ("openvino_static", f"OV {precision} batch {WINDOWS}"),
                ("openvino_infer", f"OV {precision} {threads} streams"), ("openvino_f32", "OV f32")]
+    print("s (Nx): seconds, and speed-up over eager = eager time / time (above 1 = faster than eager)")
     print(f"{'backbone (' + str(folds) + ' folds, 1 graph)':<30}{'eager':>8}" + "".join(f"{title:>22}" for _, title in columns))
     for backbone in backbones:
         eager = results[backbone]["eager"][0]
-        cells = "".join(f"{f'{results[backbone][name][0]:.3f} ({results[backbone][name][0] / eager:.2f}x)':>22}"
+        cells = "".join(f"{f'{results[backbone][name][0]:.3f} ({eager / results[backbone][name][0]:.2f}x)':>22}"
                         for name, _ in columns)
         print(f"{backbone:<30}{eager:>8.3f}{cells}")
         print(f"{'  max |error| vs eager':<38}" + "".join(f"{results[backbone][name][1]:>22.1e}" for name, _ in columns))
-    print(f"OpenVINO as infer runs it ({threads} streams, fixed batch of {WINDOWS}) against PyTorch eager: "
-          + ", ".join(f"{backbone} {results[backbone]['eager'][0] / results[backbone]['openvino_infer'][0]:.2f}x "
-                      "faster" for backbone in backbones))
+    print(f"OpenVINO as infer runs it ({threads} streams, fixed batch of {WINDOWS}), speed-up over PyTorch eager: "
+          + ", ".join(f"{backbone} {results[backbone]['eager'][0] / results[backbone]['openvino_infer'][0]:.2f}x"
+                      for backbone in backbones))
     for backbone in backbones:
         info = exports[backbone]
         parity = info["parity"]
@@ -320,6 +332,7 @@ def main(
         seed_time, seed_error = ensemble[names[0]]
         summed = sum(results[backbone]["openvino_default"][0] for backbone in backbones)
         print(f"\nensemble of {len(backbones)} families x {folds} folds (family average), OpenVINO {precision}; "
+              "speed-up over the seed-equivalent path = its time / time (above 1 = faster); "
               "error vs the eager family average")
         print(f"  seed-equivalent ensemble = sum of the families' OV {precision} times above: {summed:.3f} s")
         for name in names:
@@ -332,8 +345,9 @@ def main(
         else:
             best = min(faster, key=lambda name: ensemble[name][0])
             print(f"  project ensemble = {best}: {ensemble[best][0]:.3f} s per soundscape, "
-                  f"{seed_time / ensemble[best][0]:.2f}x the seed-equivalent speed")
-    print("peak memory per group (GB): " + ", ".join(f"{name} {value:.1f}" for name, value in memory.items()))
+                  f"speed-up {seed_time / ensemble[best][0]:.2f}x over the seed-equivalent path")
+    print(("peak memory of this one process, all groups so far, after each (GB): " if not isolate else
+           "peak memory per group (GB): ") + ", ".join(f"{name} {value:.1f}" for name, value in memory.items()))
     print(f"\ntotal {time.perf_counter() - wall:.0f} s")
 
 

@@ -18,13 +18,23 @@ from conftest import REPO, python, run, write_raw_dataset
 
 
 def test_inference_benchmark_exports_and_times_a_family(tmp_path: Path):
-    result = run([python(), "benchmarks/inference.py", "--backbones", "mobilenetv3_small_050", "--folds", "1",
-                  "--repeats", "1", "--warmup", "0", "--classes", "3", "--work", str(tmp_path)], cwd=REPO)
-    row = re.search(r"^mobilenetv3_small_050\s+(\d+\.\d+)\s", result.stdout, re.MULTILINE)
+    command = [python(), "benchmarks/inference.py", "--backbones", "mobilenetv3_small_050", "--folds", "1",
+               "--repeats", "1", "--warmup", "0", "--classes", "3", "--work", str(tmp_path)]
+    result = run(command, cwd=REPO)
+    row = re.search(r"^mobilenetv3_small_050\s+(\d+\.\d+)\s+(\d+\.\d+) \((\d+\.\d+)x\)", result.stdout, re.MULTILINE)
     assert row and float(row.group(1)) > 0, result.stdout
+    eager, ort, speedup = map(float, row.groups())
+    assert abs(speedup - eager / ort) <= 0.05 * speedup, result.stdout  # a cell's ratio: eager time / its time
     ort_error = re.search(r"parity \(4 windows, max \|err\|\): ORT (\S+),", result.stdout)
     assert ort_error and float(ort_error.group(1)) < 1e-3, result.stdout  # the export computes the model
     assert (tmp_path / "export" / "f0" / "model.xml").is_file()
+    assert "peak memory per group (GB): mobilenetv3_small_050 " in result.stdout, result.stdout
+
+    # --quick sets defaults only: the options given win (and the export above is reused)
+    quick = run(command + ["--quick"], cwd=REPO).stdout
+    assert quick.startswith("1 families x 1 folds, 3 classes"), quick
+    assert "median of 1 rounds after 0 warm-up; all in this one process" in quick, quick
+    assert "peak memory of this one process, all groups so far" in quick, quick
 
 
 def test_gpu_training_benchmark_runs_on_the_cpu(tmp_path: Path):
