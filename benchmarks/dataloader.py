@@ -7,6 +7,9 @@ worker does. They differ only in where the audio comes from:
 - birdclef: the sharded HDF5 store, each shard opened once per process;
 - seed: one float32 HDF5 file per recording, opened for every read (the seed's layout).
 
+Then the two float16 casts of a worker, numpy's against torch's (which the project uses):
+the store's float16 widened on every read, the item's wave narrowed on the way out.
+
     python benchmarks/dataloader.py                 # on data/store (run `dvc repro prepare` first)
     python benchmarks/dataloader.py --items 600 --repeats 5
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from training_step import interleaved_medians
 
 
 class PerFileStore:
@@ -88,6 +92,8 @@ def main(
                         for source in background.sources:
                             if hasattr(source, "reader"):
                                 source.reader = windows._store
+                else:
+                    windows.store  # a worker opens the store once, before its first item: not timed
                 order = np.random.default_rng(repeat).integers(0, len(rows), items)
                 start = time.perf_counter()
                 for position in order:
@@ -100,6 +106,29 @@ def main(
     print(f"{'birdclef: sharded store, open once':<40}{speed['birdclef']:>10.0f} items/s")
     print(f"{'seed: HDF5 per recording, open per read':<40}{speed['seed']:>10.0f} items/s")
     print(f"ratio: {speed['birdclef'] / speed['seed']:.2f}x")
+    report_casts(window)
+
+
+def report_casts(window: int) -> None:
+    """A worker's two float16 casts, numpy's against torch's: the store's float16 widened on every
+    read (``as_float32``) and the item's wave narrowed on the way out (``TrainingWindows``)."""
+    import torch
+
+    from birdclef.store import as_float32
+
+    narrow = np.random.default_rng(0).uniform(-1, 1, window).astype(np.float16)
+    wide = narrow.astype(np.float32)
+    directions = {
+        "float16 -> float32": (lambda: narrow.astype(np.float32), lambda: as_float32(narrow)),
+        "float32 -> float16": (lambda: wide.astype(np.float16),
+                               lambda: torch.from_numpy(wide).to(torch.float16).numpy()),
+    }
+    print(f"casts of a {window}-sample window, median of 200 (numpy, torch, torch's speed-up, same values):")
+    for direction, (with_numpy, with_torch) in directions.items():
+        seconds = interleaved_medians({"numpy": with_numpy, "torch": with_torch}, 200, lambda: None)
+        same = np.array_equal(with_numpy(), with_torch())
+        print(f"  {direction}: {seconds['numpy'] * 1e6:7.0f} us {seconds['torch'] * 1e6:7.0f} us "
+              f"{seconds['numpy'] / seconds['torch']:6.1f}x  {same}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def test_dataloader_benchmark_times_the_store_against_a_file_per_recording(works
     speeds = re.findall(r"^(?:birdclef|seed): .*\s(\d+) items/s$", result.stdout, re.MULTILINE)
     assert len(speeds) == 2 and all(int(speed) > 0 for speed in speeds), result.stdout
     assert re.search(r"^ratio: \d+\.\d\dx$", result.stdout, re.MULTILINE), result.stdout
+    casts = re.findall(r"^  float(?:16|32) -> float(?:16|32): .* (\d+\.\d)x  (True|False)$", result.stdout, re.MULTILINE)
+    assert len(casts) == 2 and all(same == "True" for _, same in casts), result.stdout
 
 
 def test_precompute_benchmark_times_both_methods_and_compares_their_audio(tmp_path: Path):
