@@ -154,7 +154,8 @@ class TrainingWindows(Dataset, _StoreReader):
             wave, target = mixup(wave, target, *self._window(partner, rng))
         if self.background is not None:
             wave = self.background(wave, rng)
-        # torch's cast (vectorised): numpy's float32 -> float16 is ~50x slower, the same values.
+        # torch's cast (vectorised): numpy's float32 -> float16 gives the same values ~20x slower
+        # (benchmarks/dataloader.py times both).
         wave = torch.from_numpy(np.ascontiguousarray(wave, np.float32)).to(self.wave_dtype)
         return wave, torch.from_numpy(target)
 

@@ -176,7 +176,8 @@ def write_index(root: Path, rows: list[StoredRecording]) -> Path:
 
 def as_float32(samples: np.ndarray) -> np.ndarray:
     """Stored samples as float32. float16 is widened by torch (vectorised): numpy's cast is
-    ~30x slower, and was most of a DataLoader worker's time. Widening is exact either way."""
+    ~20x slower (benchmarks/dataloader.py times both), and was most of a DataLoader worker's
+    time. Widening is exact either way."""
     if samples.dtype != np.float16:
         return samples.astype(np.float32, copy=False)
     import torch
