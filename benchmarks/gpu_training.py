@@ -9,8 +9,8 @@ smoothing, mixup 0.5, peak normalisation), for each worker count in ``--workers`
 wave dtype the workers hand over in ``--wave-dtypes``. The ratio b/a says whether the loader
 keeps the GPU busy (goal >= 90 %). "loader alone" is the DataLoader iterated with no GPU
 work: what it could deliver. The store is synthetic (random audio at the real rate and
-dtype), written first into ``--work``. ``--device cpu`` runs the same code on the CPU (a smoke
-test of this script, not a measurement of the goal).
+dtype), written first into a temp folder (or ``--work``, kept). ``--device cpu`` runs the
+same code on the CPU (a smoke test of this script, not a measurement of the goal).
 
     python benchmarks/gpu_training.py --workers 8,14 --wave-dtypes float32,float16 --steps 80
     python benchmarks/gpu_training.py --workers 15 --main-threads 0,1,4 --pin-memory true,false
