@@ -1,5 +1,6 @@
 """Augmentations: mixup, background mixing, random filtering and SpecAugment (seed spec §2.5)."""
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +103,13 @@ def test_background_chooses_one_source_uniformly():
 def test_background_tiles_short_clip_after_peak_normalising_it():
     clip = np.array([0.0, 2.0, -4.0, 1.0, 0.5, 3.0, -1.0], np.float32)
     mixer = BackgroundMixer([[clip]], p=1.0, weight_range=(0.5, 0.5))
+    tiled = np.tile(clip / 4.0, WINDOW // len(clip) + 1)[:WINDOW]
     mixed = mixer(np.zeros(WINDOW, np.float32), np.random.default_rng(3))
-    expected = np.tile(clip / 4.0, WINDOW // len(clip) + 1)[:WINDOW]
-    np.testing.assert_allclose(mixed, expected, rtol=1e-6)
+    np.testing.assert_allclose(mixed, tiled, rtol=1e-6)
+    # Under a call the clip's level shows: at peak 1 it weighs as much as the call, not 4 times.
+    call = tone(10)
+    mixed = mixer(call, np.random.default_rng(3))
+    np.testing.assert_allclose(mixed, peak_normalize(call + tiled), rtol=1e-5, atol=1e-6)
 
 
 def test_background_crops_long_clip_at_random():
@@ -304,6 +309,15 @@ def test_spec_augment_masks_are_zero_and_within_widths():
     widths_f = [max(masked_runs(r), default=0) for r in rows]
     widths_t = [max(masked_runs(c), default=0) for c in columns]
     assert max(widths_f) == 9 and max(widths_t) == 19
+
+
+def test_spec_augment_draws_one_to_max_masks_per_axis():
+    """Narrow masks on a tall spectrogram rarely touch, so each one shows as its own band."""
+    spec = torch.ones(1000, 1, 256, 8)
+    augment = SpecAugment(freq_width=3, time_width=1, max_masks=3, p=1.0)  # time masks 0 wide
+    rows, _ = masked_rows_and_columns(spec, augment(spec, generator=torch.Generator().manual_seed(4)))
+    bands = Counter(len(masked_runs(row)) for row in rows)
+    assert max(bands) == 3 and bands[2] > 150 and bands[3] > 50, bands  # about 300 and 100
 
 
 def test_spec_augment_mask_widths_are_torchaudios():

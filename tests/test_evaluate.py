@@ -159,13 +159,14 @@ def test_soundscape_auc_matches_sklearn_whatever_the_row_order():
     row_ids = [f"S{s}_{5 * (w + 1)}" for s in range(4) for w in range(12)]
     targets = (rng.uniform(size=(len(row_ids), len(CLASSES))) < 0.2).astype(int)
     targets[:, 1] = 0  # a class no window has: Kaggle's metric leaves it out
+    targets[:, 2] = 1  # a class every window has: no ROC-AUC, left out too
     scores = np.clip(0.6 * targets + rng.uniform(0, 0.7, targets.shape), 0, 1)
     labels = pd.DataFrame(targets, columns=CLASSES).assign(row_id=row_ids)[["row_id", *CLASSES]]
     order = rng.permutation(len(row_ids))
     predictions = pd.DataFrame(scores[order], columns=CLASSES)
     predictions.insert(0, "row_id", np.asarray(row_ids)[order])
     score, per_class = soundscape_auc(labels, predictions[["row_id", *CLASSES[::-1]]], "predictions")
-    expected = {name: roc_auc_score(targets[:, i], scores[:, i]) for i, name in enumerate(CLASSES) if i != 1}
+    expected = {name: roc_auc_score(targets[:, i], scores[:, i]) for i, name in enumerate(CLASSES) if i not in (1, 2)}
     assert per_class == {name: round(value, 5) for name, value in expected.items()}
     assert score == round(float(np.mean(list(expected.values()))), 5)
 
@@ -210,6 +211,7 @@ def test_cross_validation_pools_the_folds_out_of_fold_scores(tmp_path):
     ("meta.json", lambda text: text[:5], r"fold1/meta.json: damaged \(JSONDecodeError"),
     ("meta.json", lambda text: "{}", r"fold1/meta.json: damaged \(KeyError: 'val_auc'\)"),
     ("meta.json", lambda text: '{"val_auc": "0.9"}', r"fold1/meta.json: val_auc '0.9' is not a ROC-AUC"),
+    ("meta.json", lambda text: '{"val_auc": 1.5}', r"fold1/meta.json: val_auc 1.5 is not a ROC-AUC"),
     ("oof.csv", lambda text: "\n".join(text.splitlines()[:5]),
      r"fold1/oof.csv: scores 4 recordings, not the fold's 15 validation recordings"),
     ("oof.csv", lambda text: text.replace(text.splitlines()[1].split(",")[1], "inf", 1), r"fold1/oof.csv: holds a score that is not a finite number"),

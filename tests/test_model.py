@@ -91,6 +91,12 @@ def test_head_shapes_and_pooling():
     assert (out.clip_probs - torch.sigmoid(out.clip_logits)).abs().max() > 1e-3
 
 
+def test_head_starts_every_class_at_the_prior_one_over_k():
+    """The classifier's bias is -log(K - 1): a fresh head's frame probability is 1/K per class."""
+    head = AttentionHead(in_channels=8, num_classes=6, hidden=16)
+    torch.testing.assert_close(torch.sigmoid(head.classifier.bias), torch.full((6,), 1 / 6))
+
+
 def test_head_by_hand_with_one_hidden_unit():
     """Weights set by hand so the expected clip scores follow from the formulas alone."""
     head = AttentionHead(in_channels=1, num_classes=1, hidden=1).eval()

@@ -1,6 +1,7 @@
 """Stage outputs: scores written at float32 precision, files replaced whole or not at all."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,19 @@ def test_a_run_killed_between_the_renames_gets_its_folder_back(tmp_path):
     (tmp_path / "export.tmp" / "model.xml").write_text("half")
     with pytest.raises(RuntimeError), folder_written_atomically(out, "model.xml"):
         raise RuntimeError("fails again")
+    assert _tree(out) == {"model.xml": "old"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path):
+    """The old folder is already aside when the new one cannot be renamed in (here its
+    temporary is gone, as a second run starting meanwhile clears it): the old one returns."""
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.xml").write_text("old")
+    with pytest.raises(FileNotFoundError), folder_written_atomically(out, "model.xml") as folder:
+        (folder / "model.xml").write_text("new")
+        shutil.rmtree(folder)
     assert _tree(out) == {"model.xml": "old"}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]
 

@@ -13,7 +13,8 @@ from conftest import REPO, tone, write_audio
 from birdclef.labels import parse_label_list
 from birdclef.params import load_params
 from birdclef.precompute import precompute
-from birdclef.prepare import CLASSES_JSON, FOLDS_CSV, TABLE_COLUMNS, TRAIN_TABLE, PrepareError, prepare
+from birdclef.prepare import (CLASSES_JSON, FOLDS_CSV, TABLE_COLUMNS, TRAIN_TABLE, PrepareError, add_missing_species,
+                              prepare)
 from birdclef.store import AudioStore
 
 # Taxonomy order on purpose not alphabetical; the last class has no recording at all.
@@ -199,6 +200,10 @@ def test_allbirds_split_invariants(dataset):
         assert set(np.union1d(train, valid)) == set(range(len(table)))
     assert copies >= 1  # comrav has a single recording: its validation fold needs a copy
     assert sum(dataset["summary"]["folds"]["allbirds"]["overlap_rows"]) == copies
+    # comrav's first row is its only one: a species with several rows is copied by its first
+    mallar3 = np.flatnonzero(labels == "mallar3")
+    without = np.setdiff1d(np.arange(len(table)), mallar3)
+    assert np.setdiff1d(add_missing_species(table, without), without).tolist() == [mallar3[0]]
 
 
 def test_rare_noleak_split_invariants(dataset):
@@ -268,9 +273,13 @@ def test_oversampling_counts_are_exact_and_from_the_fold_training_rows(dataset, 
             assert rows.tolist() == folds[key].tolist()
 
 
-def test_unknown_oversample_label_is_refused(dataset, tmp_path):
-    params = make_params(oversample={"amerob": 3, "nosuchbird": 5, "otherbird": 1})
-    with pytest.raises(PrepareError, match=r"nosuchbird.*otherbird"):
+@pytest.mark.parametrize("oversample, message", [
+    ({"amerob": 3, "nosuchbird": 5, "otherbird": 1}, r"not in taxonomy.csv: \['nosuchbird', 'otherbird'\]"),
+    ({"amerob": 3, "houspa": -2}, r"negative counts for \['houspa'\]"),
+])
+def test_unknown_oversample_label_or_negative_count_is_refused(dataset, tmp_path, oversample, message):
+    params = make_params(oversample=oversample)
+    with pytest.raises(PrepareError, match=message):
         prepare(dataset["raw"], dataset["external"], dataset["store"], tmp_path / "out", params)
     assert not (tmp_path / "out").exists()
 
