@@ -14,10 +14,13 @@ import torch
 
 from conftest import python, run, tone
 from birdclef import layout
-from birdclef.data import (PseudoChunk, PseudoPool, TrainingWindows, crop_or_pad, sample_weights,
-                           split_windows, training_sampler)
+from birdclef.augment import peak_normalize
+from birdclef.data import (PseudoChunk, PseudoPool, TrainingWindows, ValidationChunks, crop_or_pad,
+                           sample_weights, split_windows, training_sampler)
+from birdclef.losses import build_loss
 from birdclef.model import BirdClassifier
 from birdclef.pretrain import prepare_backbone
+from birdclef.store import AudioStore
 from birdclef.tables import TableError
 from birdclef.train import RunPaths, TrainError, read_tables, train_fold
 
@@ -297,8 +300,116 @@ def test_pseudo_swap_replaces_items_with_soft_targets(workspace):
     label = table["primary_label"][0]
     pool = PseudoPool({label: [PseudoChunk(key, 10.0, soft)]}, swap_p=1.0)
     windows = TrainingWindows(root / "store", table, [0], classes, 160000, 0.05, 0.0, pool)
-    _, target = windows[0]
+    wave, target = windows[0]
     np.testing.assert_allclose(target.numpy(), soft)  # soft target, no smoothing
+    store = AudioStore(root / "store")  # the 5 s that end at end_s, peak-normalised
+    expected = peak_normalize(store.read(key, 10.0 - 160000 / store.sample_rate, 10.0))
+    assert expected.shape == (160000,) and wave.abs().max() > 0
+    np.testing.assert_array_equal(wave.numpy(), expected.astype(np.float16))
+
+
+def label_set(table, row: int) -> set[str]:
+    return {table["primary_label"][row], *table["secondary_labels"][row]}
+
+
+def multi_hot_of(codes, classes: list[str]) -> np.ndarray:
+    target = np.zeros(len(classes), np.float32)
+    target[[classes.index(code) for code in codes]] = 1.0
+    return target
+
+
+def test_labelled_targets_are_smoothed_by_the_seed_formula_or_left_multi_hot(workspace):
+    """label_smoothing f: a positive gets 1 - f + f·n_pos/K, any other class f·n_pos/K; f = 0: multi-hot."""
+    root, _ = workspace
+    table, classes, _ = read_tables(root / "tables")
+    rows = list(range(len(table)))
+    hard = TrainingWindows(root / "store", table, rows, classes, 160000, label_smoothing=0.0, mixup_p=0.0)
+    smoothed = TrainingWindows(root / "store", table, rows, classes, 160000, label_smoothing=0.05, mixup_p=0.0)
+    for position in rows:
+        expected = multi_hot_of(label_set(table, position), classes)
+        np.testing.assert_array_equal(hard[position][1].numpy(), expected)
+        share = 0.05 * expected.sum() / len(classes)
+        np.testing.assert_allclose(smoothed[position][1].numpy(), np.where(expected == 1, 0.95 + share, share),
+                                   rtol=1e-6)
+
+
+def crop_offset(audio: np.ndarray, wave: np.ndarray) -> int:
+    """Where in ``audio`` the peak-normalised window ``wave`` was cut (asserts that it was)."""
+    heads = np.lib.stride_tricks.sliding_window_view(audio[:len(audio) - len(wave) + 32], 32)
+    cosine = heads @ wave[:32] / (np.linalg.norm(heads, axis=1) * np.linalg.norm(wave[:32]) + 1e-12)
+    start = int(np.argmax(cosine))
+    np.testing.assert_array_equal(wave, peak_normalize(audio[start:start + len(wave)]))
+    return start
+
+
+def test_training_crops_start_anywhere_in_a_longer_recording(workspace):
+    """Each seed crops its own 5 s of a recording longer than the window, read as stored."""
+    root, _ = workspace
+    table, classes, _ = read_tables(root / "tables")
+    store = AudioStore(root / "store")
+    position = next(row for row, key in enumerate(table["key"]) if store.length(key) > 200000)
+    audio = store.read_samples(table["key"][position])
+    windows = TrainingWindows(root / "store", table, [position], classes, 160000, 0.0, 0.0, wave_dtype="float32")
+    offsets = []
+    for seed in range(4):
+        torch.manual_seed(seed)  # the dataset's generator follows torch's seed
+        offsets.append(crop_offset(audio, windows[0][0].numpy()))
+    assert len(set(offsets)) == 4, offsets
+
+
+def test_mixup_p_is_the_share_of_items_mixed_with_a_partner(workspace):
+    """mixup_p = 1 mixes every item: its target is the hard union with a uniformly drawn row's
+    (here another species 9 times in 10); mixup_p = 0 never mixes."""
+    root, _ = workspace
+    table, classes, _ = read_tables(root / "tables")
+    other = next(row for row in range(len(table)) if not label_set(table, row) <= label_set(table, 0))
+    own, union = (multi_hot_of(codes, classes) for codes in (label_set(table, 0),
+                                                             label_set(table, 0) | label_set(table, other)))
+    draws = 100
+    for mixup_p in (1.0, 0.0):
+        windows = TrainingWindows(root / "store", table, [0] + [other] * 9, classes, 160000, 0.0, mixup_p)
+        torch.manual_seed(0)
+        targets = [windows[0][1].numpy() for _ in range(draws)]
+        assert all(np.array_equal(target, own) or np.array_equal(target, union) for target in targets)
+        mixed = sum(np.array_equal(target, union) for target in targets)
+        share = mixup_p * 9 / 10
+        bound = 6 * np.sqrt(draws * share * (1 - share))  # binomial: 6 standard deviations
+        assert abs(mixed - draws * share) <= bound, (mixup_p, mixed)
+
+
+def test_validation_chunks_keep_a_recordings_last_partial_chunk_left_padded(workspace):
+    """A recording of 1-2 windows: two chunks, the second its tail after zeros, each peak-normalised."""
+    root, _ = workspace
+    store = AudioStore(root / "store")
+    key = next(key for key in store.index.index if 160000 < store.length(key) < 320000)
+    audio = store.read_samples(key)
+    chunks = ValidationChunks(root / "store", [key], 160000)
+    assert len(chunks) == 2
+    (first, file_a), (last, file_b) = chunks[0], chunks[1]
+    assert file_a == file_b == 0
+    np.testing.assert_array_equal(first.numpy(), peak_normalize(audio[:160000]))
+    pad = 320000 - len(audio)
+    assert not last[:pad].any()
+    np.testing.assert_array_equal(last[pad:].numpy(), peak_normalize(audio[160000:]))
+
+
+def test_training_step_loss_is_the_configured_loss_of_the_clip_logits(workspace):
+    """The step's loss compares the attention-pooled clip logits with the target (the same
+    seed before both, so RandomFiltering and SpecAugment draw alike)."""
+    from birdclef.train import BirdModule, build_model
+
+    root, params = workspace
+    table, classes, _ = read_tables(root / "tables")
+    settings = params.family["eca"]
+    model = build_model(settings, len(classes), params.train, params.audio.sample_rate)
+    module = BirdModule(model, params.loss, settings, params.train)
+    windows = TrainingWindows(root / "store", table, [0, 1], classes, 160000, 0.05, 0.0)
+    wave, target = torch.utils.data.default_collate([windows[0], windows[1]])
+    torch.manual_seed(0)
+    loss = module.training_step((wave, target), 0)
+    torch.manual_seed(0)
+    expected = build_loss(params.loss)(model(module.filtering(wave.float())).clip_logits, target)
+    torch.testing.assert_close(loss, expected)
 
 
 class AudioKeys:
