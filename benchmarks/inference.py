@@ -254,10 +254,8 @@ def main(
     # --quick changes defaults only: an option the user gave wins
     default = QUICK if quick else FULL
     backbones = backbones or (QUICK_BACKBONES if quick else SEED_BACKBONES)
-    folds = default["folds"] if folds is None else folds
-    repeats = default["repeats"] if repeats is None else repeats
-    warmup = default["warmup"] if warmup is None else warmup
-    settle = default["settle"] if settle is None else settle
+    given = {"folds": folds, "repeats": repeats, "warmup": warmup, "settle": settle}
+    folds, repeats, warmup, settle = (default[name] if value is None else value for name, value in given.items())
     soundscape = parity_windows(WINDOWS, SAMPLES, RATE, seed=99)  # 12 windows, like one 60-s file
     soundscape[np.random.default_rng(7).choice(WINDOWS, 3, replace=False)] *= 0.05  # some quiet ones
     load_before = os.getloadavg()[0]

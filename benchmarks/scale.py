@@ -380,16 +380,14 @@ def main(
                                  "--read-mode", mode, "--reads", str(reads), "--seed", str(seed)], cwd=root)
             read_stats[mode] = {**json.loads(read.output.strip().splitlines()[-1]), "peak_rss_mb": read.max_rss_mb}
     finally:
-        if keep:
-            pass
-        elif work is None:
+        if not keep and work is None:
             shutil.rmtree(root)
-        else:  # only what this run wrote: --work may hold the user's own files
-            for path in (root / name for name in WRITTEN if (root / name).exists()):
+        elif not keep:  # only what this run wrote: --work may hold the user's own files
+            for path in (root / name for name in WRITTEN):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
-                    path.unlink()
+                    path.unlink(missing_ok=True)
     _report(counts, items, runs, read_stats, duration_scale, files_per_shard, workers_used, dtype,
             generated_s, longest)
 
