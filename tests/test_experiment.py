@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, dvc, project_copy
 
 SEED_RECIPE = {  # key path -> the seed's value (reference/seed-spec.md §2.1, §2.2, §2.4, §2.6, §2.7)
     "data.source": "birdclef2025",
@@ -111,3 +111,28 @@ def test_composition_validates_against_the_schema(composed, tmp_path):
     path.write_text(yaml.safe_dump(composed))
     params = load_params(path)
     assert params.data.sample is None and params.family["eca"].backbone == "eca_nfnet_l0"
+
+
+# README, "Your own model family": the command's -S overrides, as `dvc exp run` hands them to Hydra.
+OWN_FAMILY = ["families=[eca,ebs,res]",
+              "+family.res={backbone:resnet10t,optimizer:adamw,lr:3e-3,weight_decay:0.01,sampler:sqrt,"
+              "split:allbirds,oversample:true}",
+              "+infer.family_weights.res=1.0"]
+
+
+def test_an_own_family_composes_and_joins_every_per_family_stage(tmp_path):
+    from dvc.utils.hydra import compose_and_dump
+
+    from birdclef.params import load_params
+    from birdclef.train import build_model
+
+    project = project_copy(tmp_path / "project")
+    compose_and_dump(project / "params.yaml", str(project / "conf"), None, "config", str(project), OWN_FAMILY)
+    params = load_params(project / "params.yaml")
+    res = params.family["res"]
+    assert (res.backbone, res.lr, res.oversample, params.infer.family_weights["res"]) == ("resnet10t", 3e-3, True, 1.0)
+    build_model(res, 8, params.train, params.audio.sample_rate)  # timm builds it for spectrograms
+    stages = set(dvc(["stage", "list", "--name-only"], project).stdout.split())
+    per_family = {"pretrain@res", "export@res", *(f"train@{round}-res-{fold}" for round in ("round0", "round1")
+                                                  for fold in range(5))}
+    assert per_family <= stages, sorted(per_family - stages)

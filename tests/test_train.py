@@ -190,6 +190,33 @@ def test_train_command_names_a_weights_file_it_cannot_use(workspace):
         assert not run_paths.out.exists()
 
 
+@pytest.mark.parametrize("backbone, message", [
+    ("resnet10x", "timm cannot build backbone 'resnet10x' as a feature extractor (Unknown model (resnet10x)); "
+                  "did you mean resnet10t"),
+    ("vit_tiny_patch16_224", "backbone 'vit_tiny_patch16_224' takes only 224x224 images"),
+])
+def test_pretrain_and_train_commands_name_a_backbone_they_cannot_build(workspace, backbone, message):
+    """A family's backbone that is no timm name, or a fixed-size image model: a clear error
+    before any training, naming the params key, and nothing written."""
+    from omegaconf import OmegaConf
+
+    root, params = workspace
+    params_file = root / f"params-{backbone}.yaml"
+    mine = replace(params, family={**params.family, "eca": replace(params.family["eca"], backbone=backbone)})
+    OmegaConf.save(OmegaConf.structured(mine), params_file)
+    run_paths = paths(root, backbone)
+    common = ["--family", "eca", "--raw", str(run_paths.raw), "--logs", str(run_paths.logs),
+              "--params", str(params_file)]
+    pretrained = root / "pretrained" / f"{backbone}.pt"
+    for command in (["pretrain", "--store", str(run_paths.store), "--out", str(pretrained)],
+                    ["train", "--fold", "0", "--store", str(run_paths.store), "--tables", str(run_paths.tables),
+                     "--out", str(run_paths.out)]):
+        result = run([python(), "-m", "birdclef", *command, *common], root, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr and "family.<name>.backbone" in result.stderr
+    assert not pretrained.exists() and not run_paths.out.exists() and not run_paths.logs.exists()
+
+
 def test_damaged_prepare_tables_are_named_with_the_fix(workspace, tmp_path):
     root, _ = workspace
     for name, content, reason in [("train.csv", "", "EmptyDataError"),

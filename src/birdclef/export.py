@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from birdclef.model import BirdClassifier, MelFrontend
+from birdclef.model import BackboneError, BirdClassifier, MelFrontend
 from birdclef.outputs import check_replaceable, folder_written_atomically, write_json
 
 INPUT_NAME = "wave"
@@ -138,7 +138,7 @@ def load_fold_models(folder: Path, folds: list[int]) -> tuple[list[BirdClassifie
         try:
             model = BirdClassifier(meta["backbone"], len(meta["classes"]), hidden=meta["hidden"],
                                    frontend=MelFrontend(sample_rate=meta["sample_rate"]))
-        except RuntimeError as error:  # timm: "Unknown model (...)"
+        except BackboneError as error:
             raise ExportError(f"{fold_dir / 'meta.json'}: backbone {meta['backbone']!r} cannot be built here "
                               f"({error}); train the fold again or install the timm version that trained it.") from None
         try:

@@ -218,8 +218,11 @@ def build_model(family: FamilyParams, num_classes: int, train: TrainParams, samp
     augment = train.augment
     spec_augment = SpecAugment(freq_width=augment.spec_freq_width, time_width=augment.spec_time_width,
                                max_masks=augment.spec_max_masks, p=augment.spec_p)
-    model = BirdClassifier(family.backbone, num_classes, hidden=train.hidden,
-                           frontend=MelFrontend(sample_rate=sample_rate), spec_augment=spec_augment)
+    try:
+        model = BirdClassifier(family.backbone, num_classes, hidden=train.hidden,
+                               frontend=MelFrontend(sample_rate=sample_rate), spec_augment=spec_augment)
+    except BackboneError as error:
+        raise TrainError(f"{error} Set family.<name>.backbone in params.yaml to another timm model.") from None
     # Parameters in NHWC make the convolutions run NHWC (oneDNN on CPUs, tensor cores on GPUs);
     # Lightning's .to(device) keeps the layout. Saved weights load into any layout.
     return model.to(memory_format=torch.channels_last) if train.channels_last else model

@@ -6,6 +6,7 @@ can be saved and loaded on its own with a strict key check.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -17,7 +18,8 @@ from birdclef.model.head import AttentionHead, HeadOutput
 
 
 class BackboneError(ValueError):
-    """A weights file that is not a backbone of the expected architecture; names the file."""
+    """A backbone name timm cannot build for spectrograms, or a weights file that does not fit
+    the backbone; says which."""
 
 
 def build_backbone(name: str) -> nn.Module:
@@ -26,15 +28,30 @@ def build_backbone(name: str) -> nn.Module:
     Weights are random (``pretrained=False``): trained backbones are loaded from this
     project's own files with ``BirdClassifier.load_backbone``, never downloaded.
     ``backbone.feature_info.channels()[-1]`` is its channel count C.
+
+    A name timm does not know, or a model that only takes images of one size (ViT, Swin, ...:
+    the spectrogram is 128 mel bins by any number of frames), is a BackboneError at once,
+    not a shape error deep in the first training step.
     """
-    return timm.create_model(
-        name,
-        pretrained=False,
-        features_only=True,
-        out_indices=(-1,),
-        in_chans=1,
-        exportable=True,
-    )
+    try:
+        backbone = timm.create_model(
+            name,
+            pretrained=False,
+            features_only=True,
+            out_indices=(-1,),
+            in_chans=1,
+            exportable=True,
+        )
+    except RuntimeError as error:  # timm: "Unknown model (...)", or no features_only for it
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise BackboneError(f"timm cannot build backbone {name!r} as a feature extractor "
+                            f"({str(error).splitlines()[0]}); {hint}timm.list_models() lists the names.") from None
+    if backbone.pretrained_cfg.get("fixed_input_size"):
+        height, width = backbone.pretrained_cfg["input_size"][1:]
+        raise BackboneError(f"backbone {name!r} takes only {height}x{width} images, but the mel spectrogram "
+                            "is 128 bins by any number of frames: choose a convolutional backbone.")
+    return backbone
 
 
 class BirdClassifier(nn.Module):
