@@ -49,7 +49,8 @@ def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
     (lambda p: p["infer"].update(precision="fp8"), "'infer.precision' is 'fp8'; use f32, bf16 or null"),
     (lambda p: p["infer"].update(streams=0), "'infer.streams' is 0; it must be more than 0"),
     (lambda p: p["audio"].update(sample_rate=0), "'audio.sample_rate' is 0; it must be more than 0"),
-    (lambda p: p["audio"].update(window_seconds=0.0), "'audio.window_seconds' is 0.0; it must be more than 0"),
+    (lambda p: p["audio"].update(window_seconds=4.0), "'audio.window_seconds' is 4.0; it must be 5.0: the "
+                                                       "competition scores 5-s windows"),
     (lambda p: p["train"].update(epochs=0), "'train.epochs' is 0; it must be more than 0"),
     (lambda p: p["train"].update(batch_size=0), "'train.batch_size' is 0; it must be more than 0"),
     (lambda p: p["precompute"].update(workers=-2), "'precompute.workers' is -2; it must be 0 or more (0: all cores)"),

@@ -231,7 +231,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 # Settings that would otherwise fail deep inside a library (soxr, the DataLoader, a division,
 # an optimizer) or, worse, train without complaint on a value that means nothing.
-POSITIVE = ("audio.sample_rate", "audio.window_seconds", "train.epochs", "train.batch_size", "train.hidden",
+POSITIVE = ("audio.sample_rate", "train.epochs", "train.batch_size", "train.hidden",
             "train.augment.filtering_bands", "pretrain.lr", "precompute.files_per_shard", "infer.streams")
 NOT_NEGATIVE = {"precompute.workers": "all cores", "infer.top_n": "TopN off", "infer.threads": "all cores",
                 "prepare.rare_max_recordings": "no rare species", "prepare.oversample_to": "off",
@@ -241,6 +241,10 @@ PROBABILITIES = ("train.augment.mixup_p", "train.augment.background_p", "train.a
                  "pseudo.min_primary_prob", "pseudo.trim_prob", "pseudo.swap_p")
 # numpy's and sklearn's seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
+# The competition scores 5-s windows (row_id `<soundscape>_<end second>`), and the published
+# pseudo labels and the test labels lie on the same grid: any other window trains on the wrong
+# part of each pseudo chunk and ends in a submission that no label matches.
+SCORED_WINDOW_SECONDS = 5.0
 
 
 def _check(params: Params, path: Path) -> None:
@@ -276,6 +280,10 @@ def _check(params: Params, path: Path) -> None:
     if any(fold not in range(params.prepare.n_folds) for fold in params.folds):
         raise ParamsError(f"{path}: 'folds' {params.folds} must lie in 0..{params.prepare.n_folds - 1} "
                           "(prepare.n_folds).")
+    if params.audio.window_seconds != SCORED_WINDOW_SECONDS:
+        raise ParamsError(f"{path}: 'audio.window_seconds' is {params.audio.window_seconds!r}; it must be "
+                          f"{SCORED_WINDOW_SECONDS}: the competition scores 5-s windows, and the pseudo labels and "
+                          "the test soundscapes' labels are 5-s windows.")
     for key in POSITIVE:
         if _get(params, key) <= 0:
             raise ParamsError(f"{path}: '{key}' is {_get(params, key)!r}; it must be more than 0.")
