@@ -217,6 +217,21 @@ def test_pretrain_and_train_commands_name_a_backbone_they_cannot_build(workspace
     assert not pretrained.exists() and not run_paths.out.exists() and not run_paths.logs.exists()
 
 
+def test_a_batch_larger_than_the_rows_is_refused_not_trained_as_nothing(workspace):
+    """drop_last leaves no step: training used to end in a traceback for lack of a checkpoint,
+    and pretraining quietly saved its random starting weights as the corpus backbone."""
+    root, params = workspace
+    huge = replace(params, train=replace(params.train, batch_size=10_000))
+    with pytest.raises(TrainError, match=r"fold 0 of split 'allbirds' has \d+ training rows, fewer than "
+                                         r"train\.batch_size \(10000\).*lower train\.batch_size"):
+        train_fold(huge, "eca", 0, paths(root, "huge-batch"))
+    backbone = root / "pretrained" / "huge-batch.pt"
+    with pytest.raises(TrainError, match=r"pretraining corpus .*train\.csv has \d+ training rows"):
+        prepare_backbone(huge, "eca", root / "raw", root / "store", backbone, root / "logs" / "huge-pre")
+    assert not backbone.exists() and not (root / "models" / "huge-batch").exists()
+    assert not (root / "logs" / "huge-batch").exists() and not (root / "logs" / "huge-pre").exists()
+
+
 def test_damaged_prepare_tables_are_named_with_the_fix(workspace, tmp_path):
     root, _ = workspace
     for name, content, reason in [("train.csv", "", "EmptyDataError"),

@@ -28,8 +28,8 @@ from birdclef import layout
 from birdclef.data import TrainingWindows, worker_count
 from birdclef.outputs import write_atomically, write_json
 from birdclef.params import FamilyParams, Params
-from birdclef.train import (BirdModule, TrainError, background_mixer, build_model, load_starting_backbone,
-                            logs_written_atomically, make_trainer)
+from birdclef.train import (BirdModule, TrainError, background_mixer, build_model, check_one_batch,
+                            load_starting_backbone, logs_written_atomically, make_trainer)
 
 SOURCE_FILE = "source.json"  # in the logs folder: where the backbone came from
 
@@ -66,6 +66,7 @@ def corpus_backbone(params: Params, family_name: str, raw: Path, store: Path, lo
     family = params.family[family_name]
     corpus = read_train_table(table_path, raw / layout.PRETRAIN_AUDIO, None)
     corpus["key"] = [f"{layout.PRETRAIN_AUDIO}/{name}" for name in corpus["filename"]]
+    check_one_batch(len(corpus), params.train.batch_size, f"the pretraining corpus {table_path}")
     classes = sorted(set(corpus["primary_label"]) | {label for labels in corpus["secondary_labels"] for label in labels})
     window = params.audio.window_samples
     training = TrainingWindows(store, corpus, list(range(len(corpus))), classes, window,

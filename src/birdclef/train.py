@@ -213,6 +213,14 @@ def build_optimizer(family: FamilyParams, parameters, multi_tensor: bool = True)
     return torch.optim.AdamW(parameters, foreach=False, **options)
 
 
+def check_one_batch(rows: int, batch_size: int, what: str) -> None:
+    """Batches drop the last partial one (as the seed's), so fewer rows than a batch would
+    train nothing: Lightning stops at once and no checkpoint exists."""
+    if rows < batch_size:
+        raise TrainError(f"{what} has {rows} training rows, fewer than train.batch_size ({batch_size}), so not "
+                         "one full batch: lower train.batch_size.")
+
+
 def build_model(family: FamilyParams, num_classes: int, train: TrainParams, sample_rate: int) -> BirdClassifier:
     """The family's classifier; its mel front end takes audio at ``sample_rate`` (params' audio)."""
     augment = train.augment
@@ -321,6 +329,7 @@ def _fit_fold(params: Params, family_name: str, fold: int, paths: RunPaths) -> d
         raise TrainError(f"fold {fold} of split {family.split!r} has no validation recordings (with "
                          "rare_noleak, species with <= prepare.rare_max_recordings recordings never "
                          "validate); lower prepare.rare_max_recordings or add recordings.")
+    check_one_batch(len(train_rows), params.train.batch_size, f"fold {fold} of split {family.split!r}")
     window = params.audio.window_samples
     pool = None
     if paths.pseudo is not None:
