@@ -47,6 +47,8 @@ def test_help_lists_each_command_with_its_whole_summary_on_one_line(tmp_path):
     (lambda p: p["train"].update(compile="cudagraphs"), "'train.compile' is 'cudagraphs'; use one of none, default, "
                                                         "reduce-overhead, max-autotune"),
     (lambda p: p["infer"].update(precision="fp8"), "'infer.precision' is 'fp8'; use f32, bf16 or null"),
+    (lambda p: p["train"].update(precision="16-mixedx"), "'train.precision' is '16-mixedx'; use one of 32-true, "
+                                                         "16-mixed, bf16-mixed"),
     (lambda p: p["infer"].update(streams=0), "'infer.streams' is 0; it must be more than 0"),
     (lambda p: p["audio"].update(sample_rate=0), "'audio.sample_rate' is 0; it must be more than 0"),
     (lambda p: p["audio"].update(window_seconds=4.0), "'audio.window_seconds' is 4.0; it must be 5.0: the "

@@ -189,6 +189,8 @@ CHOICES = {
     "precompute.dtype": ("float16", "float32"),
     "precompute.on_error": ("fail", "skip"),
     "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
+    # Lightning's precision names; a typo would otherwise surface as its traceback.
+    "train.precision": ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
 }
 
 FAMILY_CHOICES = {
