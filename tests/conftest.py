@@ -120,6 +120,15 @@ def dvc(args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess
     return run([str(Path(sys.executable).parent / "dvc"), *args], cwd, env or tool_env())
 
 
+def compose_params(out: Path, overrides: list[str], project: Path = REPO) -> Path:
+    """Write ``out``: ``project``'s conf/ composed with ``overrides`` the way `dvc exp run -S`
+    composes params.yaml (DVC's own Hydra call)."""
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(out, str(project / "conf"), None, "config", str(project), overrides)
+    return out
+
+
 def project_copy(target: Path) -> Path:
     """The tracked project files in a new git repository: what a fresh clone has, with the
     working tree's edits. A new file that was never `git add`-ed is left out, as CI's clean

@@ -3,7 +3,7 @@ import os
 import pytest
 import yaml
 
-from conftest import REPO, python, run
+from conftest import REPO, compose_params, python, run
 
 
 def env() -> dict:
@@ -96,10 +96,7 @@ def test_params_that_are_not_yaml_are_explained(tmp_path):
 
 def test_committed_params_are_the_default_composition(tmp_path):
     """`dvc exp run` composes params.yaml from conf/; a plain `dvc repro` must run the same."""
-    from dvc.utils.hydra import compose_and_dump
-
-    composed = tmp_path / "params.yaml"
-    compose_and_dump(composed, str(REPO / "conf"), None, "config", str(REPO), [])
+    composed = compose_params(tmp_path / "params.yaml", [])
     assert yaml.safe_load(composed.read_text()) == yaml.safe_load((REPO / "params.yaml").read_text())
 
 

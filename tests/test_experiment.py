@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import REPO, dvc, project_copy
+from conftest import compose_params, dvc, project_copy
 
 SEED_RECIPE = {  # key path -> the seed's value (reference/seed-spec.md §2.1, §2.2, §2.4, §2.6, §2.7)
     "data.source": "birdclef2025",
@@ -70,10 +70,7 @@ ESC50_CATEGORIES = ["dog", "rain", "insects", "hen", "engine", "hand_saw", "pig"
 
 @pytest.fixture(scope="module")
 def composed(tmp_path_factory):
-    from dvc.utils.hydra import compose_and_dump
-
-    path = tmp_path_factory.mktemp("params") / "params.yaml"
-    compose_and_dump(path, str(REPO / "conf"), None, "config", str(REPO), ["experiment=birdclef2025"])
+    path = compose_params(tmp_path_factory.mktemp("params") / "params.yaml", ["experiment=birdclef2025"])
     return yaml.safe_load(path.read_text())
 
 
@@ -121,14 +118,11 @@ OWN_FAMILY = ["families=[eca,ebs,res]",
 
 
 def test_an_own_family_composes_and_joins_every_per_family_stage(tmp_path):
-    from dvc.utils.hydra import compose_and_dump
-
     from birdclef.params import load_params
     from birdclef.train import build_model
 
     project = project_copy(tmp_path / "project")
-    compose_and_dump(project / "params.yaml", str(project / "conf"), None, "config", str(project), OWN_FAMILY)
-    params = load_params(project / "params.yaml")
+    params = load_params(compose_params(project / "params.yaml", OWN_FAMILY, project))
     res = params.family["res"]
     assert (res.backbone, res.lr, res.oversample, params.infer.family_weights["res"]) == ("resnet10t", 3e-3, True, 1.0)
     build_model(res, 8, params.train, params.audio.sample_rate)  # timm builds it for spectrograms
